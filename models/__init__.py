@@ -1,0 +1,1 @@
+"""Paddle models of Open-Sora: STDiT transformers, the video VAE wrapper, the text encoders."""
