@@ -337,7 +337,7 @@ class STDiT2(nn.Layer):
             timestep: [B] diffusion timesteps (0..999 scale).
             y: caption states [B, 1, L, caption_channels].
             mask: [B, L] (1 = token) or None (all L tokens used).
-            x_mask: [B, T] bool or None; False marks condition frames (timestep-0 modulation).
+            x_mask: [B, ceil(T / patch_size[0])] bool or None; False marks condition frames (timestep-0 modulation).
             num_frames, height, width, ar, fps: per-sample video info (numbers or [B] tensors):
                 pixel frames, pixel height / width, aspect ratio (height / width), frames/s.
 
@@ -352,8 +352,11 @@ class STDiT2(nn.Layer):
         check_latent(x, self.in_channels, name)
         B = x.shape[0]
         check_caption(y, mask, B, self.caption_channels, name)
-        if x_mask is not None and list(x_mask.shape) != [B, x.shape[2]]:
-            raise ValueError(f"{name}: x_mask must have shape [B, T] = [{B}, {x.shape[2]}], got {list(x_mask.shape)}")
+        T_tok = dynamic_size(x.shape, self.patch_size)[0]  # ceil(T / patch_size[0]) token frames
+        if x_mask is not None and list(x_mask.shape) != [B, T_tok]:
+            raise ValueError(
+                f"{name}: x_mask must have shape [B, ceil(T / patch_size[0])] = [{B}, {T_tok}], got {list(x_mask.shape)}"
+            )
         height = as_condition(height, B, "height", name)
         width = as_condition(width, B, "width", name)
         ar = as_condition(ar, B, "ar", name)

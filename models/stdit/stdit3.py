@@ -297,7 +297,7 @@ class STDiT3(nn.Layer):
             x: latent [B, in_channels, T, H, W] float32 (any T, H, W: padded to the patch size).
             timestep: [B] timesteps (0..1000 scale).
             y: caption states [B, 1, L, caption_channels]; mask: [B, L] (1 = token) or None.
-            x_mask: [B, T] bool or None; False marks condition frames (timestep-0 modulation).
+            x_mask: [B, ceil(T / patch_size[0])] bool or None; False marks condition frames (timestep-0 modulation).
             height, width: pixel size (numbers or [B]); fps: frames per second (number or [B]).
             num_frames, ar: accepted for a common signature with STDiT2; STDiT3 does not use them
                 (as upstream, whose forward swallows them in **kwargs).
@@ -313,8 +313,11 @@ class STDiT3(nn.Layer):
         check_latent(x, self.in_channels, name)
         B = x.shape[0]
         check_caption(y, mask, B, self.caption_channels, name)
-        if x_mask is not None and list(x_mask.shape) != [B, x.shape[2]]:
-            raise ValueError(f"{name}: x_mask must have shape [B, T] = [{B}, {x.shape[2]}], got {list(x_mask.shape)}")
+        T_tok = dynamic_size(x.shape, self.patch_size)[0]  # ceil(T / patch_size[0]) token frames
+        if x_mask is not None and list(x_mask.shape) != [B, T_tok]:
+            raise ValueError(
+                f"{name}: x_mask must have shape [B, ceil(T / patch_size[0])] = [{B}, {T_tok}], got {list(x_mask.shape)}"
+            )
         height = as_condition(height, B, "height", name)
         width = as_condition(width, B, "width", name)
         fps = as_condition(fps, B, "fps", name)
