@@ -38,9 +38,11 @@ def timed(fn, runs):
 
 def main():
     args = parse_args()
+    from utils.cpu import configure_cpu_runtime
+
+    env = configure_cpu_runtime(args.threads)
     import paddle
 
-    paddle.set_num_threads(args.threads) if hasattr(paddle, "set_num_threads") else None
     from models.stdit import STDiT2, STDiT3
 
     config = dict(
@@ -83,7 +85,7 @@ def main():
 
         rows.append((cls.__name__, timed(forward, args.runs), timed(forward_backward, args.runs)))
 
-    print(f"threads={args.threads} runs={args.runs} flash_attn={args.flash_attn} paddle={paddle.__version__}")
+    print(f"runs={args.runs} flash_attn={args.flash_attn} paddle={paddle.__version__} env={env}")
     print(f"| model  | forward s | fwd+bwd s | upstream fwd s | upstream fwd+bwd s |")
     print(f"|--------|-----------|-----------|----------------|--------------------|")
     for name, f, fb in rows:

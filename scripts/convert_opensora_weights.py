@@ -29,6 +29,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    from utils.cpu import configure_cpu_runtime
+
+    configure_cpu_runtime()
     from models.stdit import MODEL_CLASSES
     from models.stdit.checkpoint import load_upstream_state_dict
 

@@ -8,6 +8,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from utils.cpu import configure_cpu_runtime  # noqa: E402  (before paddle is imported)
+
+configure_cpu_runtime()
+
 FIXTURES = os.path.join(os.path.dirname(ROOT), "shared", "fixtures")
 
 

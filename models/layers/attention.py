@@ -20,41 +20,51 @@ class LlamaRMSNorm(nn.Layer):
         """x: [..., D] -> [..., D]."""
         dtype = x.dtype
         h = x.astype("float32")
-        h = h * paddle.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
-        return self.weight * h.astype(dtype)
+        inv_rms = paddle.rsqrt((h * h).mean(-1, keepdim=True) + self.variance_epsilon)  # [..., 1]
+        # explicit expands: Paddle's CPU broadcast kernels are much slower than same-shape ones
+        h = h * inv_rms.expand(h.shape)
+        return self.weight.expand(h.shape) * h.astype(dtype)
 
 
 def _math_attention(q, k, v, attn_mask=None, dropout_p=0.0, training=False):
     """softmax(q k^T / sqrt(D)) v with the softmax in float32 (upstream's non-flash path).
 
-    q: [B, N, H, D]; k, v: [B, M, H, D]; attn_mask: bool, broadcastable to [B, H, N, M]
-    (True = attend). Returns [B, N, H, D].
+    q: [B, H, N, D]; k, v: [B, H, M, D]; attn_mask: bool, broadcastable to [B, H, N, M]
+    (True = attend). Returns [B, H, N, D].
     """
     dtype = q.dtype
-    scale = q.shape[-1] ** -0.5
-    q = q.transpose([0, 2, 1, 3]) * scale  # [B, H, N, D]
-    k = k.transpose([0, 2, 1, 3])
-    v = v.transpose([0, 2, 1, 3])
-    attn = paddle.matmul(q, k, transpose_y=True).astype("float32")  # [B, H, N, M]
+    attn = paddle.matmul(q * (q.shape[-1] ** -0.5), k, transpose_y=True).astype("float32")  # [B, H, N, M]
     if attn_mask is not None:
-        attn = paddle.where(attn_mask, attn, paddle.full([], float("-inf"), dtype="float32"))
+        attn = paddle.where(attn_mask.expand(attn.shape), attn, paddle.full([], float("-inf"), dtype="float32"))
     attn = F.softmax(attn, axis=-1).astype(dtype)
     if dropout_p > 0 and training:
         attn = F.dropout(attn, dropout_p)
-    return paddle.matmul(attn, v).transpose([0, 2, 1, 3])
+    return paddle.matmul(attn, v)
 
 
 def attention(q, k, v, attn_mask=None, dropout_p=0.0, training=False, use_sdpa=True):
-    """Scaled dot-product attention in the [B, N, H, D] layout.
+    """Scaled dot-product attention in the heads-first layout.
 
-    `use_sdpa` routes through `paddle.nn.functional.scaled_dot_product_attention` (flash attention
-    on GPU for fp16/bf16); otherwise the explicit float32-softmax path. Both give the same result
-    in float32.
+    Args:
+        q: [B, H, N, D]; k, v: [B, H, M, D]; attn_mask: bool broadcastable to [B, H, N, M]
+            (True = attend) or None.
+        use_sdpa: route through Paddle's scaled_dot_product_attention (flash attention on GPU
+            for fp16/bf16); otherwise the explicit float32-softmax path. Both give the same
+            result in float32.
+
+    Returns:
+        [B, H, N, D].
     """
     if use_sdpa:
-        return F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, training=training
-        )
+        out = F.scaled_dot_product_attention(
+            q.transpose([0, 2, 1, 3]),
+            k.transpose([0, 2, 1, 3]),
+            v.transpose([0, 2, 1, 3]),
+            attn_mask=attn_mask,
+            dropout_p=dropout_p,
+            training=training,
+        )  # [B, N, H, D]
+        return out.transpose([0, 2, 1, 3])
     return _math_attention(q, k, v, attn_mask, dropout_p, training)
 
 
@@ -65,7 +75,7 @@ class Attention(nn.Layer):
         dim: C; num_heads: H (C % H == 0).
         qkv_bias: bias on the fused qkv projection.
         qk_norm: RMSNorm of q and k per head.
-        rope: a callable rotating [B, N, H, D] along N (temporal attention), or None.
+        rope: a callable rotating [B, H, N, D] along N (temporal attention), or None.
         qk_norm_legacy: apply RoPE before the qk norm (Open-Sora 1.1 order, and 1.2's
             `qk_norm_legacy=True`); False = norm first, then RoPE (Open-Sora 1.2 default).
         enable_flash_attn: route through Paddle's scaled_dot_product_attention (flash kernels on
@@ -106,7 +116,8 @@ class Attention(nn.Layer):
         """x: [B, N, C] -> [B, N, C]."""
         B, N, C = x.shape
         qkv = self.qkv(x).reshape([B, N, 3, self.num_heads, self.head_dim])
-        q, k, v = qkv.unbind(axis=2)  # [B, N, H, D] each
+        qkv = qkv.transpose([2, 0, 3, 1, 4]).contiguous()  # [3, B, H, N, D]: one copy, then views
+        q, k, v = qkv[0], qkv[1], qkv[2]  # [B, H, N, D] each
         if self.qk_norm_legacy:
             if self.rope is not None:
                 q, k = self.rope(q), self.rope(k)
@@ -116,7 +127,7 @@ class Attention(nn.Layer):
             if self.rope is not None:
                 q, k = self.rope(q), self.rope(k)
         x = attention(q, k, v, None, self.attn_drop, self.training, use_sdpa=self.enable_flash_attn)
-        x = x.reshape([B, N, C])
+        x = x.transpose([0, 2, 1, 3]).reshape([B, N, C])
         return self.proj_drop(self.proj(x))
 
 
@@ -155,10 +166,11 @@ class MultiHeadCrossAttention(nn.Layer):
         """
         B, N, C = x.shape
         L = cond.shape[1]
-        q = self.q_linear(x).reshape([B, N, self.num_heads, self.head_dim])
+        q = self.q_linear(x).reshape([B, N, self.num_heads, self.head_dim]).transpose([0, 2, 1, 3]).contiguous()
         kv = self.kv_linear(cond).reshape([B, L, 2, self.num_heads, self.head_dim])
-        k, v = kv.unbind(axis=2)  # [B, L, H, D]
+        kv = kv.transpose([2, 0, 3, 1, 4]).contiguous()
+        k, v = kv[0], kv[1]  # [B, H, L, D]
         attn_mask = None if mask is None else mask[:, None, None, :]  # [B, 1, 1, L]
         x = attention(q, k, v, attn_mask, self.attn_drop, self.training, use_sdpa=self.enable_flash_attn)
-        x = x.reshape([B, N, C])
+        x = x.transpose([0, 2, 1, 3]).reshape([B, N, C])
         return self.proj_drop(self.proj(x))

@@ -207,24 +207,24 @@ class RotaryEmbedding(nn.Layer):
         freqs = 1.0 / (theta ** (paddle.arange(0, dim, 2, dtype="float32")[: dim // 2] / dim))
         self.register_buffer("freqs", freqs, persistable=True)
 
-    def rotate_queries_or_keys(self, x, seq_axis=1):
+    def rotate_queries_or_keys(self, x, seq_axis=-2):
         """Rotate x by position along `seq_axis`.
 
         Args:
-            x: [B, N, H, D] (seq_axis=1, the layout used by the attention layers) with D == dim.
+            x: [..., N, D] (seq_axis=-2, the heads-first layout of the attention layers), D == dim.
 
         Returns:
-            the same shape and dtype.
+            the same shape and dtype: pairs (x[2i], x[2i+1]) rotated by angle pos * freqs[i].
         """
         n = x.shape[seq_axis]
         pos = paddle.arange(n, dtype="float32")
-        angles = pos[:, None] * self.freqs[None, :]  # [N, D/2]
-        angles = paddle.repeat_interleave(angles, 2, axis=-1)  # [N, D]: f0 f0 f1 f1 ...
+        angles = paddle.repeat_interleave(pos[:, None] * self.freqs[None, :], 2, axis=-1)  # [N, D]: f0 f0 f1 f1 ..
+        sign = paddle.to_tensor([-1.0, 1.0] * (self.dim // 2), dtype="float32")  # rotated = (-x1, x0) per pair
         shape = [1] * x.ndim
         shape[seq_axis] = n
         shape[-1] = self.dim
-        cos = paddle.cos(angles).reshape(shape).astype(x.dtype)
-        sin = paddle.sin(angles).reshape(shape).astype(x.dtype)
+        cos = paddle.cos(angles).reshape(shape).astype(x.dtype).expand(x.shape)
+        sin = (paddle.sin(angles) * sign).reshape(shape).astype(x.dtype).expand(x.shape)
         pairs = x.reshape(list(x.shape[:-1]) + [self.dim // 2, 2])
-        rotated = paddle.stack([-pairs[..., 1], pairs[..., 0]], axis=-1).reshape(x.shape)
-        return x * cos + rotated * sin
+        swapped = paddle.stack([pairs[..., 1], pairs[..., 0]], axis=-1).reshape(x.shape)  # (x1, x0) per pair
+        return x * cos + swapped * sin

@@ -156,7 +156,8 @@ def read_folder(path, model_type):
 def load_upstream_state_dict(path):
     """Read an upstream checkpoint file into {key: float32 numpy array}.
 
-    Accepts `.safetensors` (the released Hugging Face folders hold `model.safetensors`), or a
+    Accepts `.safetensors` (the released Hugging Face folders hold `model.safetensors`; float32,
+    float16 or bfloat16, read without torch), or a
     PyTorch `.pt` / `.pth` / `.bin` state dict (needs torch installed; a dict holding the state
     under "model", "state_dict" or "module" is unwrapped).
 
@@ -171,26 +172,17 @@ def load_upstream_state_dict(path):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path!r}")
     if path.endswith(".safetensors"):
-        from safetensors.numpy import load_file
+        from utils.safetensors_io import load_all
 
-        try:
-            return load_file(path)
-        except Exception as e:  # bf16 tensors cannot be read by the numpy backend
-            if "bfloat16" not in str(e).lower() and "bf16" not in str(e).lower():
-                raise
+        return {k: v.astype(np.float32, copy=False) for k, v in load_all(path).items()}
     elif not path.endswith((".pt", ".pth", ".bin")):
         raise ValueError(f"unknown checkpoint format {path!r}: accepted .safetensors, .pt, .pth, .bin")
     try:
         import torch
     except ImportError as e:
         raise ImportError(f"reading {path!r} needs PyTorch (pip install torch); safetensors files do not") from e
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file as load_torch
-
-        sd = load_torch(path)
-    else:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-        for key in ("model", "state_dict", "module"):
-            if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
-                sd = sd[key]
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("model", "state_dict", "module"):
+        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+            sd = sd[key]
     return {k: v.detach().float().cpu().numpy() for k, v in sd.items()}

@@ -10,7 +10,7 @@ from einops import rearrange
 from paddle.distributed.fleet.utils import recompute
 
 from ..layers.attention import Attention, MultiHeadCrossAttention
-from ..layers.blocks import DropPath, Mlp, T2IFinalLayer, approx_gelu, t2i_modulate, t_mask_select
+from ..layers.blocks import DropPath, Mlp, T2IFinalLayer, approx_gelu, gate, norm_modulate, t_mask_select
 from ..layers.embeddings import (
     CaptionEmbedder,
     PatchEmbed3D,
@@ -21,10 +21,6 @@ from ..layers.embeddings import (
 )
 from . import checkpoint as ckpt
 from .common import as_condition, check_caption, check_latent, dynamic_size, prepare_text_mask
-
-
-def _layernorm(hidden_size):
-    return nn.LayerNorm(hidden_size, epsilon=1e-6, weight_attr=False, bias_attr=False)
 
 
 class STDiT2Block(nn.Layer):
@@ -49,7 +45,6 @@ class STDiT2Block(nn.Layer):
     ):
         super().__init__()
         self.hidden_size = hidden_size
-        self.norm1 = _layernorm(hidden_size)
         self.attn = Attention(
             hidden_size, num_heads, qkv_bias=True, qk_norm=qk_norm, enable_flash_attn=enable_flash_attn
         )
@@ -57,10 +52,8 @@ class STDiT2Block(nn.Layer):
             [6, hidden_size], default_initializer=nn.initializer.Normal(std=hidden_size**-0.5)
         )
         self.cross_attn = MultiHeadCrossAttention(hidden_size, num_heads, enable_flash_attn=enable_flash_attn)
-        self.norm2 = _layernorm(hidden_size)
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio), act_layer=approx_gelu)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
-        self.norm_temp = _layernorm(hidden_size)
         # Open-Sora 1.1 applies RoPE before the qk norm in temporal attention (kept for fidelity)
         self.attn_temp = Attention(
             hidden_size,
@@ -104,39 +97,38 @@ class STDiT2Block(nn.Layer):
                 self.scale_shift_table_temporal[None] + t0_tmp.reshape([B, 3, -1])
             ).chunk(3, axis=1)
 
-        def modulate(norm, h, shift, scale, shift0=None, scale0=None):
-            h_norm = norm(h)
-            out = t2i_modulate(h_norm, shift, scale)
+        def modulate(h, shift, scale, shift0, scale0):
+            out = norm_modulate(h, shift, scale)  # LayerNorm(h) * (1 + scale) + shift
             if x_mask is not None:
-                out = t_mask_select(x_mask, out, t2i_modulate(h_norm, shift0, scale0), T, S)
+                out = t_mask_select(x_mask, out, norm_modulate(h, shift0, scale0), T, S)
             return out
 
-        def gate(h, g, g0=None):
+        def gated(h, g, g0):
             if x_mask is not None:
-                return t_mask_select(x_mask, g * h, g0 * h, T, S)
-            return g * h
+                return t_mask_select(x_mask, gate(g, h), gate(g0, h), T, S)
+            return gate(g, h)
 
         # spatial attention
-        x_m = modulate(self.norm1, x, shift_msa, scale_msa, shift_msa0, scale_msa0)
+        x_m = modulate(x, shift_msa, scale_msa, shift_msa0, scale_msa0)
         x_s = rearrange(x_m, "B (T S) C -> (B T) S C", T=T, S=S)
         x_s = self.attn(x_s)
         x_s = rearrange(x_s, "(B T) S C -> B (T S) C", T=T, S=S)
-        x = x + self.drop_path(gate(x_s, gate_msa, gate_msa0))
+        x = x + self.drop_path(gated(x_s, gate_msa, gate_msa0))
 
         # temporal attention
-        x_m = modulate(self.norm_temp, x, shift_tmp, scale_tmp, shift_tmp0, scale_tmp0)
+        x_m = modulate(x, shift_tmp, scale_tmp, shift_tmp0, scale_tmp0)
         x_t = rearrange(x_m, "B (T S) C -> (B S) T C", T=T, S=S)
         x_t = self.attn_temp(x_t)
         x_t = rearrange(x_t, "(B S) T C -> B (T S) C", T=T, S=S)
-        x = x + self.drop_path(gate(x_t, gate_tmp, gate_tmp0))
+        x = x + self.drop_path(gated(x_t, gate_tmp, gate_tmp0))
 
         # cross attention to the caption
         x = x + self.cross_attn(x, y, mask)
 
         # MLP
-        x_m = modulate(self.norm2, x, shift_mlp, scale_mlp, shift_mlp0, scale_mlp0)
+        x_m = modulate(x, shift_mlp, scale_mlp, shift_mlp0, scale_mlp0)
         x_mlp = self.mlp(x_m)
-        x = x + self.drop_path(gate(x_mlp, gate_mlp, gate_mlp0))
+        x = x + self.drop_path(gated(x_mlp, gate_mlp, gate_mlp0))
         return x
 
 

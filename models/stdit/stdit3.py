@@ -10,7 +10,7 @@ from einops import rearrange
 from paddle.distributed.fleet.utils import recompute
 
 from ..layers.attention import Attention, MultiHeadCrossAttention
-from ..layers.blocks import DropPath, Mlp, T2IFinalLayer, approx_gelu, t2i_modulate, t_mask_select
+from ..layers.blocks import DropPath, Mlp, T2IFinalLayer, approx_gelu, gate, norm_modulate, t_mask_select
 from ..layers.embeddings import (
     CaptionEmbedder,
     PatchEmbed3D,
@@ -21,10 +21,6 @@ from ..layers.embeddings import (
 )
 from . import checkpoint as ckpt
 from .common import as_condition, check_caption, check_latent, dynamic_size, prepare_text_mask
-
-
-def _layernorm(hidden_size):
-    return nn.LayerNorm(hidden_size, epsilon=1e-6, weight_attr=False, bias_attr=False)
 
 
 class STDiT3Block(nn.Layer):
@@ -49,12 +45,10 @@ class STDiT3Block(nn.Layer):
         super().__init__()
         self.temporal = temporal
         self.hidden_size = hidden_size
-        self.norm1 = _layernorm(hidden_size)
         self.attn = Attention(
             hidden_size, num_heads, qkv_bias=True, qk_norm=qk_norm, rope=rope, enable_flash_attn=enable_flash_attn
         )
         self.cross_attn = MultiHeadCrossAttention(hidden_size, num_heads, enable_flash_attn=enable_flash_attn)
-        self.norm2 = _layernorm(hidden_size)
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio), act_layer=approx_gelu)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.scale_shift_table = self.create_parameter(
@@ -81,10 +75,9 @@ class STDiT3Block(nn.Layer):
             ).chunk(6, axis=1)
 
         # attention (over frames if temporal, over patches otherwise)
-        h = self.norm1(x)
-        x_m = t2i_modulate(h, shift_msa, scale_msa)
+        x_m = norm_modulate(x, shift_msa, scale_msa)  # LayerNorm(x) * (1 + scale) + shift
         if x_mask is not None:
-            x_m = t_mask_select(x_mask, x_m, t2i_modulate(h, shift_msa0, scale_msa0), T, S)
+            x_m = t_mask_select(x_mask, x_m, norm_modulate(x, shift_msa0, scale_msa0), T, S)
         if self.temporal:
             x_m = rearrange(x_m, "B (T S) C -> (B S) T C", T=T, S=S)
             x_m = self.attn(x_m)
@@ -93,23 +86,22 @@ class STDiT3Block(nn.Layer):
             x_m = rearrange(x_m, "B (T S) C -> (B T) S C", T=T, S=S)
             x_m = self.attn(x_m)
             x_m = rearrange(x_m, "(B T) S C -> B (T S) C", T=T, S=S)
-        x_m_s = gate_msa * x_m
+        x_m_s = gate(gate_msa, x_m)
         if x_mask is not None:
-            x_m_s = t_mask_select(x_mask, x_m_s, gate_msa0 * x_m, T, S)
+            x_m_s = t_mask_select(x_mask, x_m_s, gate(gate_msa0, x_m), T, S)
         x = x + self.drop_path(x_m_s)
 
         # cross attention to the caption
         x = x + self.cross_attn(x, y, mask)
 
         # MLP
-        h = self.norm2(x)
-        x_m = t2i_modulate(h, shift_mlp, scale_mlp)
+        x_m = norm_modulate(x, shift_mlp, scale_mlp)
         if x_mask is not None:
-            x_m = t_mask_select(x_mask, x_m, t2i_modulate(h, shift_mlp0, scale_mlp0), T, S)
+            x_m = t_mask_select(x_mask, x_m, norm_modulate(x, shift_mlp0, scale_mlp0), T, S)
         x_m = self.mlp(x_m)
-        x_m_s = gate_mlp * x_m
+        x_m_s = gate(gate_mlp, x_m)
         if x_mask is not None:
-            x_m_s = t_mask_select(x_mask, x_m_s, gate_mlp0 * x_m, T, S)
+            x_m_s = t_mask_select(x_mask, x_m_s, gate(gate_mlp0, x_m), T, S)
         return x + self.drop_path(x_m_s)
 
 

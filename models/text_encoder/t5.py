@@ -18,6 +18,8 @@ import numpy as np
 import paddle
 from paddlenlp.transformers import T5Config, T5EncoderModel, T5Tokenizer
 
+from utils.safetensors_io import bf16_bits_to_float32, read_tensor
+
 __all__ = ["T5Encoder", "load_t5_encoder_model"]
 
 logger = logging.getLogger(__name__)
@@ -76,9 +78,7 @@ def _read_t5_config(path):
 
 
 # --------------------------------------------------------------------------- checkpoint reading
-def _bf16_bits_to_float32(bits):
-    """bfloat16 stored as uint16 bit patterns (paddlenlp's torch reader) -> float32, exactly."""
-    return (bits.astype(np.uint32) << 16).view(np.float32)
+_bf16_bits_to_float32 = bf16_bits_to_float32
 
 
 class _Checkpoint:
@@ -128,7 +128,7 @@ class _Checkpoint:
             full = os.path.join(self.path, shard)
             if not os.path.isfile(full):
                 raise ValueError(f"T5 checkpoint shard {full!r} (listed in the index) is missing")
-            handle = safe_open(full, framework="paddle")
+            handle = safe_open(full, framework="np")
             fmt = (handle.metadata() or {}).get("format")
             if fmt == "pt":
                 layouts.add(True)
@@ -174,8 +174,8 @@ class _Checkpoint:
             if value.dtype == np.uint16:  # bfloat16 as raw bits (numpy has no bfloat16 type)
                 value = _bf16_bits_to_float32(value)
         else:
-            value = self._handles[self.key_to_file[key]].get_tensor(key)
-            value = value.astype(paddle.float32).numpy()
+            # raw reader: handles bfloat16, which the numpy backend of safetensors cannot
+            value = read_tensor(os.path.join(self.path, self.key_to_file[key]), key)
         if not np.issubdtype(value.dtype, np.floating):
             raise ValueError(f"tensor {key!r} in {self.path!r} has dtype {value.dtype}; a float dtype is required")
         return value.astype(np.float32, copy=False)
