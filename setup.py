@@ -25,6 +25,7 @@ setup(
         "schedulers",
         "utils",
         "trainer",
+        "video_datasets",
     ],
     install_requires=read_requirements(),
     extras_require={"test": ["pytest==9.2.0"]},

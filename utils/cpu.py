@@ -51,3 +51,32 @@ def configure_cpu_runtime(num_threads=None):
         os.environ.setdefault("MKL_DEBUG_CPU_TYPE", "5")
     os.environ.setdefault("FLAGS_use_stride_kernel", "0")
     return {k: os.environ.get(k) for k in KEYS}
+
+
+def import_paddle_quietly(num_threads=None):
+    """`configure_cpu_runtime`, then import Paddle without its console noise.
+
+    Paddle prints an OMP_NUM_THREADS notice to stderr at import whenever more than one thread is
+    used, and Paddle / paddlenlp raise "No ccache found" / "Setuptools is replacing distutils"
+    warnings; command-line tools keep stderr for their own messages (one line per error). The
+    notice is dropped; anything else Paddle prints while importing is passed through.
+
+    Returns:
+        the `paddle` module.
+    """
+    import contextlib
+    import io
+    import warnings
+
+    configure_cpu_runtime(num_threads)
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    warnings.filterwarnings("ignore", message="No ccache found")
+    warnings.filterwarnings("ignore", message="Setuptools is replacing distutils")
+    buffer = io.StringIO()
+    with contextlib.redirect_stderr(buffer):
+        import paddle
+    noise = ("OMP_NUM_THREADS set to", "PLEASE USE OMP_NUM_THREADS WISELY")
+    for line in buffer.getvalue().splitlines():
+        if line.strip() and not any(n in line for n in noise):
+            print(line, file=sys.stderr)
+    return paddle

@@ -132,7 +132,18 @@ class VideoAutoencoderKL(paddle.nn.Layer):
         """
         path = os.fspath(path)
         _, from_diffusers = _read_vae_config(path)
-        module, info = AutoencoderKL.from_pretrained(path, from_diffusers=from_diffusers, output_loading_info=True)
+        # ppdiffusers warns that `mid_block_add_attention` is "ignored": it always builds that block,
+        # and configs asking for no block are rejected by `_read_vae_config`, so the notice is noise
+        from ppdiffusers.utils import logging as pd_logging
+
+        verbosity = pd_logging.get_verbosity()
+        pd_logging.set_verbosity_error()
+        try:
+            module, info = AutoencoderKL.from_pretrained(
+                path, from_diffusers=from_diffusers, output_loading_info=True
+            )
+        finally:
+            pd_logging.set_verbosity(verbosity)
         problems = {k: info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")}
         problems = {k: v for k, v in problems.items() if v}
         if problems:
