@@ -237,7 +237,6 @@ def run(args, description):
 
 def load_pipeline(config, settings, ckpt_path=None):
     """Build the pipeline from a loaded config (flags in `settings` override it)."""
-    import paddle
 
     from utils.config import build_model, build_scheduler, build_text_encoder, build_vae
     from utils.pipeline import OpenSoraPipeline
