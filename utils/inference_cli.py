@@ -84,6 +84,9 @@ def resolve_settings(args):
     config = load_config(config_path) if config_path else None
     settings = dict(DEFAULTS)
     if config:
+        for key in ("num_sampling_steps", "cfg_scale"):  # the scheduler section may set these
+            if key in config["scheduler"]:
+                settings[key] = config["scheduler"][key]
         settings.update(config["generation"])
     for key in DEFAULTS:
         value = getattr(args, key, None)
