@@ -143,30 +143,39 @@ PATH_FIELDS = (
 )  # input files; output_dir and resume_from_checkpoint stay relative to the working directory
 
 
-def read_args_file(path):
-    """A training JSON file as a flag list for `PdArgumentParser`; relative paths (keys in
-    PATH_FIELDS) are resolved against the file's folder."""
+def read_args_file(path, path_fields=PATH_FIELDS, is_literal=None, what="training config"):
+    """A JSON file of flags (keys are flag names) as a flag list for `PdArgumentParser`.
+
+    Relative paths (values of the keys in `path_fields`) are resolved against the file's folder,
+    except inline JSON objects and values for which `is_literal(value)` is true (names that are
+    not paths). A "description" key is documentation and skipped.
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: not JSON, or not a JSON object.
+    """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"training config {path!r} not found")
+        raise FileNotFoundError(f"{what} {path!r} not found")
     with open(path) as f:
         try:
             config = json.load(f)
         except json.JSONDecodeError as e:
-            raise ValueError(f"training config {path!r} is not valid JSON: {e}") from None
+            raise ValueError(f"{what} {path!r} is not valid JSON: {e}") from None
     if not isinstance(config, dict):
-        raise ValueError(f"training config {path!r} must hold a JSON object of flag names and values")
+        raise ValueError(f"{what} {path!r} must hold a JSON object of flag names and values")
     base = os.path.dirname(os.path.abspath(path))
 
     def resolve(value):
-        if isinstance(value, str) and value and not value.lstrip().startswith("{") and not os.path.isabs(value):
-            return os.path.normpath(os.path.join(base, value))
-        return value
+        if not isinstance(value, str) or not value or os.path.isabs(value) or value.lstrip().startswith("{"):
+            return value
+        if is_literal is not None and is_literal(value):
+            return value
+        return os.path.normpath(os.path.join(base, value))
 
     flags = []
     for key, value in config.items():
         if key == "description":
             continue
-        if key in PATH_FIELDS:
+        if key in path_fields:
             value = [resolve(v) for v in value] if isinstance(value, list) else resolve(value)
         values = value if isinstance(value, list) else [value]
         flags += [f"--{key}", *[str(v) for v in values]]

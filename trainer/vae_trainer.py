@@ -12,7 +12,6 @@ on the training digit frames by an exact reparametrisation of the two 1x1 convol
 constant) yields unit-variance latents for the DiT, like the SD VAE does.
 """
 import csv
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -99,33 +98,13 @@ class VAEArguments:
 
 
 def read_args_file(path):
-    """A JSON file of flags (keys are flag names) as a flag list; relative paths in PATH_FIELDS are
-    resolved against the file's folder (packaged video names such as 'city' are left alone)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"VAE training config {path!r} not found")
-    with open(path) as f:
-        try:
-            config = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"VAE training config {path!r} is not valid JSON: {e}") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"VAE training config {path!r} must hold a JSON object of flag names and values")
-    base = os.path.dirname(os.path.abspath(path))
+    """A JSON file of VAE training flags as a flag list; relative paths in PATH_FIELDS resolve
+    against the file's folder (packaged video names such as 'city', and 'none', are left alone)."""
+    from trainer.trainer_args import read_args_file as read_flags
 
-    def resolve(value):
-        if not isinstance(value, str) or os.path.isabs(value) or value.lower() in _PACKAGED_VIDEOS + ("none",):
-            return value
-        return os.path.normpath(os.path.join(base, value))
-
-    flags = []
-    for key, value in config.items():
-        if key == "description":
-            continue
-        if key in PATH_FIELDS:
-            value = [resolve(v) for v in value] if isinstance(value, list) else resolve(value)
-        values = value if isinstance(value, list) else [value]
-        flags += [f"--{key}", *[str(v) for v in values]]
-    return flags
+    return read_flags(
+        path, PATH_FIELDS, lambda v: v.lower() in _PACKAGED_VIDEOS + ("none",), what="VAE training config"
+    )
 
 
 # ------------------------------------------------------------------------------------------- model

@@ -1,5 +1,9 @@
-"""Input handling shared by STDiT2 and STDiT3: validation, conditioning scalars, text packing."""
+"""What STDiT2 and STDiT3 share: input validation, conditioning scalars, text masks, and the
+`STDiTMixin` with unpatchify, the null caption, recompute and config / weights I/O."""
 import paddle
+from einops import rearrange
+
+from . import checkpoint as ckpt
 
 
 def dynamic_size(shape, patch_size):
@@ -61,3 +65,69 @@ def prepare_text_mask(mask, batch):
     if not bool(mask.any(axis=1).all()):
         raise ValueError("text mask has a caption with no valid token (an all-zero row)")
     return mask
+
+
+class STDiTMixin:
+    """Methods common to STDiT2 and STDiT3 (which set `model_type`, `config_keys`, `config`,
+    `patch_size`, `out_channels`, `y_embedder`, `recompute`)."""
+
+    def enable_recompute(self, enabled=True):
+        """Gradient checkpointing per block in training (recomputes each block in backward)."""
+        self.recompute = bool(enabled)
+        return self
+
+    def encode_text(self, y, mask):
+        """y [B, 1, L, caption_channels] -> ([B, L, C], bool mask [B, L] or None)."""
+        y = self.y_embedder(y, self.training).squeeze(1)  # [B, L, C]
+        return y, prepare_text_mask(mask, y.shape[0])
+
+    def unpatchify(self, x, N_t, N_h, N_w, R_t, R_h, R_w):
+        """[B, N_t*N_h*N_w, pt*ph*pw*C_out] -> [B, C_out, R_t, R_h, R_w] (padding removed)."""
+        T_p, H_p, W_p = self.patch_size
+        x = rearrange(
+            x,
+            "B (N_t N_h N_w) (T_p H_p W_p C_out) -> B C_out (N_t T_p) (N_h H_p) (N_w W_p)",
+            N_t=N_t,
+            N_h=N_h,
+            N_w=N_w,
+            T_p=T_p,
+            H_p=H_p,
+            W_p=W_p,
+            C_out=self.out_channels,
+        )
+        return x[:, :, :R_t, :R_h, :R_w]
+
+    def null_caption(self, batch_size):
+        """The learned empty caption [batch_size, 1, model_max_length, caption_channels] (for CFG)."""
+        return self.y_embedder.null_caption(batch_size)
+
+    def save_pretrained(self, save_dir):
+        """Write `config.json` + `model.safetensors` to `save_dir` (atomically)."""
+        return ckpt.save_folder(self, self.config, save_dir, self.model_type)
+
+    @classmethod
+    def from_config(cls, config):
+        """Build from a config dict (upstream keyword names); unknown keys raise ValueError."""
+        config = {k: v for k, v in dict(config).items() if k not in ckpt.HF_CONFIG_BOOKKEEPING}
+        unknown = sorted(set(config) - set(cls.config_keys))
+        if unknown:
+            raise ValueError(f"unknown {cls.model_type} config keys {unknown}; accepted: {list(cls.config_keys)}")
+        return cls(**config)
+
+    @classmethod
+    def from_pretrained(cls, path, **overrides):
+        """Load a folder written by `save_pretrained` or by `scripts/convert_opensora_weights.py`.
+
+        `overrides` replace config entries (e.g. enable_flash_attn=True).
+        Raises FileNotFoundError / ValueError (missing or unexpected keys, shape mismatch).
+        """
+        config, state = ckpt.read_folder(path, cls.model_type)
+        config.update(overrides)
+        model = cls.from_config(config)
+        return ckpt.load_state(model, state, repr(path))
+
+    @classmethod
+    def from_upstream(cls, config, upstream_state):
+        """Build from an upstream config dict and an upstream (PyTorch-layout) numpy state dict."""
+        model = cls.from_config(config)
+        return ckpt.load_state(model, ckpt.upstream_to_paddle(model, upstream_state), "upstream state dict")

@@ -19,8 +19,7 @@ from ..layers.embeddings import (
     SizeEmbedder,
     TimestepEmbedder,
 )
-from . import checkpoint as ckpt
-from .common import as_condition, check_caption, check_latent, dynamic_size, prepare_text_mask
+from .common import STDiTMixin, as_condition, check_caption, check_latent, dynamic_size
 
 
 class STDiT3Block(nn.Layer):
@@ -105,7 +104,7 @@ class STDiT3Block(nn.Layer):
         return x + self.drop_path(x_m_s)
 
 
-class STDiT3(nn.Layer):
+class STDiT3(STDiTMixin, nn.Layer):
     """Open-Sora 1.2 video diffusion transformer: `depth` spatial and `depth` temporal blocks,
     interleaved; fps conditioning; position embedding scaled by the pixel resolution.
 
@@ -270,16 +269,6 @@ class STDiT3(nn.Layer):
             zero(block.cross_attn.proj.weight)
             zero(block.mlp.fc2.weight)
 
-    def enable_recompute(self, enabled=True):
-        """Gradient checkpointing per block in training (recomputes each block in backward)."""
-        self.recompute = bool(enabled)
-        return self
-
-    def encode_text(self, y, mask):
-        """y [B, 1, L, caption_channels] -> ([B, L, C], bool mask [B, L] or None)."""
-        y = self.y_embedder(y, self.training).squeeze(1)  # [B, L, C]
-        return y, prepare_text_mask(mask, y.shape[0])
-
     def forward(
         self, x, timestep, y, mask=None, x_mask=None, num_frames=None, height=None, width=None, ar=None, fps=None
     ):
@@ -351,53 +340,6 @@ class STDiT3(nn.Layer):
         x = self.final_layer(x, t, x_mask, t0, T, S)  # [B, N, prod(patch) * C_out]
         x = self.unpatchify(x, T, H, W, Tx, Hx, Wx)
         return x.astype("float32")
-
-    def unpatchify(self, x, N_t, N_h, N_w, R_t, R_h, R_w):
-        """[B, N_t*N_h*N_w, pt*ph*pw*C_out] -> [B, C_out, R_t, R_h, R_w] (padding removed)."""
-        T_p, H_p, W_p = self.patch_size
-        x = rearrange(
-            x,
-            "B (N_t N_h N_w) (T_p H_p W_p C_out) -> B C_out (N_t T_p) (N_h H_p) (N_w W_p)",
-            N_t=N_t,
-            N_h=N_h,
-            N_w=N_w,
-            T_p=T_p,
-            H_p=H_p,
-            W_p=W_p,
-            C_out=self.out_channels,
-        )
-        return x[:, :, :R_t, :R_h, :R_w]
-
-    def null_caption(self, batch_size):
-        """The learned empty caption [batch_size, 1, model_max_length, caption_channels] (for CFG)."""
-        return self.y_embedder.null_caption(batch_size)
-
-    def save_pretrained(self, save_dir):
-        """Write `config.json` + `model.safetensors` to `save_dir` (atomically)."""
-        return ckpt.save_folder(self, self.config, save_dir, self.model_type)
-
-    @classmethod
-    def from_config(cls, config):
-        """Build from a config dict (upstream keyword names); unknown keys raise ValueError."""
-        config = {k: v for k, v in dict(config).items() if k not in ckpt.HF_CONFIG_BOOKKEEPING}
-        unknown = sorted(set(config) - set(cls.config_keys))
-        if unknown:
-            raise ValueError(f"unknown {cls.model_type} config keys {unknown}; accepted: {list(cls.config_keys)}")
-        return cls(**config)
-
-    @classmethod
-    def from_pretrained(cls, path, **overrides):
-        """Load a folder written by `save_pretrained` or by `scripts/convert_opensora_weights.py`."""
-        config, state = ckpt.read_folder(path, cls.model_type)
-        config.update(overrides)
-        model = cls.from_config(config)
-        return ckpt.load_state(model, state, repr(path))
-
-    @classmethod
-    def from_upstream(cls, config, upstream_state):
-        """Build from an upstream config dict and an upstream (PyTorch-layout) numpy state dict."""
-        model = cls.from_config(config)
-        return ckpt.load_state(model, ckpt.upstream_to_paddle(model, upstream_state), "upstream state dict")
 
 
 def STDiT3_XL_2(**kwargs):
