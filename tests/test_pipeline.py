@@ -235,3 +235,20 @@ def test_every_readme_generation_example_runs(workdir, tmp_path):
         assert res.returncode == 0, (argv, res.stderr[-2000:])
         saved = [line.split(" ", 1)[1] for line in res.stdout.splitlines() if line.startswith("saved ")]
         assert saved and all(os.path.isfile(p) for p in saved), (argv, res.stdout)
+
+
+def test_readme_input_files_exist_and_are_not_git_ignored():
+    """Every `assets/...` and `configs/...` file the README names is in the checkout and not ignored
+    by .gitignore (an ignored example input exists here but is missing from every fresh clone)."""
+    import re
+
+    with open(os.path.join(ROOT, "README.md")) as f:
+        text = f.read()
+    names = sorted(set(re.findall(r"(?:assets|configs)/[\w./-]+\.(?:png|mp4|json)", text)))
+    assert any(n.endswith(".mp4") for n in names) and any(n.endswith(".png") for n in names), names
+    missing = [n for n in names if not os.path.isfile(os.path.join(ROOT, n))]
+    assert not missing, f"README names files that do not exist: {missing}"
+    res = subprocess.run(["git", "check-ignore", *names], capture_output=True, text=True, cwd=ROOT)
+    if res.returncode == 128:  # not a git checkout (e.g. an unpacked release): nothing to check against
+        pytest.fail(f"git check-ignore failed: {res.stderr.strip()}")
+    assert res.stdout.strip() == "", f"README inputs ignored by .gitignore: {res.stdout.split()}"
