@@ -37,7 +37,8 @@ def build_dataset(data_args, seed):
     from video_datasets import Bucket, VariableVideoTextDataset, VideoTextDataset
 
     if data_args.feature_path:
-        return FeatureDataset(data_args.feature_path), None
+        # --num_frames below the cached frame count trains on windows of the cached clips (1: images)
+        return FeatureDataset(data_args.feature_path, num_frames=data_args.num_frames, seed=seed), None
     if data_args.bucket_config:
         bucket = Bucket.from_file(data_args.bucket_config)
         dataset = VariableVideoTextDataset(data_args.data_path, frame_interval=data_args.frame_interval, seed=seed)
@@ -78,7 +79,7 @@ def main(argv):
     model = build_train_model(model_args, data_args)
     n_params = sum(int(p.size) for p in model.parameters() if not p.stop_gradient)
     if data_args.feature_path:
-        data = f"{len(dataset)} cached clips in {data_args.feature_path}"
+        data = f"{len(dataset)} cached clips in {data_args.feature_path} ({dataset.num_frames} of their {dataset.cached_frames} latent frames per sample)"
     else:
         data = f"{len(dataset)} rows in {', '.join(data_args.data_path)}; " + (
             f"buckets from {data_args.bucket_config}" if bucket else

@@ -320,10 +320,26 @@ def test_features_extracted_once_then_trained_from_cache(data, tmp_path):
     assert batch["latent"].shape == (2, 4, 4, 8, 8) and batch["y"].shape == (2, 1, 12, 64)
     assert batch["y_mask"].shape == (2, 12) and batch["fps"].tolist() == [12.0, 12.0]
 
+    # windows of the cached clips (the image stage: 1 frame), seeded by (seed, epoch, row)
+    frames = FeatureDataset(str(feats), num_frames=1, seed=3)
+    starts = set()
+    for epoch in range(6):
+        sample = frames[(5, epoch, None, None, None)]
+        start = frames.window_start(5, epoch)
+        starts.add(start)
+        assert sample["latent"].shape == (4, 1, 8, 8) and sample["num_frames"] == 1
+        np.testing.assert_array_equal(sample["latent"], ds[5]["latent"][:, start:start + 1])
+        assert frames.window_start(5, epoch) == FeatureDataset(str(feats), num_frames=1, seed=3).window_start(5, epoch)
+    assert len(starts) > 1  # other epochs, other frames
+    assert FeatureDataset(str(feats), num_frames=4).window_start(5, 1) == 0  # whole clips
+    with pytest.raises(ValueError, match=r"num_frames=5 does not fit .* accepted 1\.\.4"):
+        FeatureDataset(str(feats), num_frames=5)
+
     out = tmp_path / "out"
     res = train(*tiny_flags(max_steps=3, save_steps=3), "--feature_path", feats, "--output_dir", out,
-                "--dataloader_num_workers", "1")
-    assert "8 cached clips" in res.stderr and "step 3/3" in res.stdout
+                "--dataloader_num_workers", "1", "--num_frames", "2")
+    assert "8 cached clips" in res.stderr and "(2 of their 4 latent frames per sample)" in res.stderr
+    assert "step 3/3" in res.stdout
     assert os.path.isfile(out / "checkpoint-3" / "dit" / "model.safetensors")
 
 

@@ -11,6 +11,12 @@ Feature folder (written by `extract_features`, read by `FeatureDataset`):
 What is fixed at extraction time: the temporal crop (epoch 0's), the VAE posterior sample (drawn
 with a seed) and the clip size; training from the cache sees the same latent for a clip in every
 epoch. Only fixed-size clips (`VideoTextDataset`) are cached.
+
+Shorter clips from the same cache: `FeatureDataset(path, num_frames=k)` hands out a window of k
+latent frames of each cached clip, its start drawn from (seed, epoch, row), so every epoch sees
+other windows and a resumed run the same ones. `num_frames=1` trains on single frames: the image
+stage that Open-Sora runs before (and beside) video training, 16x cheaper per sample for 16-frame
+clips (the VAE is per frame: latent frames = pixel frames).
 """
 import csv
 import logging
@@ -77,13 +83,16 @@ class FeatureDataset(paddle.io.Dataset):
 
     Args:
         path: the feature folder or its `features.csv`.
+        num_frames: latent frames per sample; None (default) = the cached clips whole, fewer = a
+            window of that many consecutive frames per sample (see the module docstring).
+        seed: seeds the window starts (with the epoch and the row).
 
     Raises:
         FileNotFoundError: no index (extraction did not finish). ValueError: the cached clips differ
-        in size (only one size is supported).
+        in size (only one size is supported), or `num_frames` is not in 1..the cached frame count.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, num_frames=None, seed=0):
         index = path if path.endswith(".csv") else os.path.join(path, INDEX_NAME)
         if not os.path.isfile(index):
             raise FileNotFoundError(f"feature index {index!r} not found: run scripts/extract_features.py first")
@@ -96,20 +105,45 @@ class FeatureDataset(paddle.io.Dataset):
         if len(sizes) != 1:
             raise ValueError(f"feature index {index!r} mixes clip sizes {sorted(sizes)}; cache one size per folder")
         self.skip_log = SkipLog()  # cached features are never skipped; kept for the trainer's report
+        self.cached_frames = int(self.rows[0]["num_frames"])
+        if num_frames is not None and not 1 <= int(num_frames) <= self.cached_frames:
+            raise ValueError(
+                f"num_frames={num_frames} does not fit the cached clips of {index!r}: "
+                f"accepted 1..{self.cached_frames} (their frame count)"
+            )
+        self.num_frames = self.cached_frames if num_frames is None else int(num_frames)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        """Epoch used for integer keys (SampleKeys carry their own); seeds the window starts."""
+        self.epoch = int(epoch)
+
+    def window_start(self, index, epoch):
+        """First latent frame of row `index`'s window in `epoch` (0 when clips are used whole)."""
+        spare = self.cached_frames - self.num_frames
+        if spare == 0:
+            return 0
+        return int(np.random.default_rng([self.seed, int(epoch), int(index), 2]).integers(0, spare + 1))
 
     def __len__(self):
         return len(self.rows)
 
     def __getitem__(self, key):
-        index = int(key) if isinstance(key, (int, np.integer)) else int(SampleKey(*key).index)
+        if isinstance(key, (int, np.integer)):
+            index, epoch = int(key), self.epoch
+        else:
+            key = SampleKey(*key)
+            index, epoch = int(key.index), int(key.epoch)
         row = self.rows[index]
         data = np.load(os.path.join(self.folder, row["path"]))
         height, width = int(row["height"]), int(row["width"])
+        start = self.window_start(index, epoch)
         return {
-            "latent": data["latent"],
+            "latent": data["latent"][:, start:start + self.num_frames],  # [C, num_frames, h, w]
             "y": data["y"][None],  # [1, L, C_txt]
             "y_mask": data["y_mask"],
-            "num_frames": int(row["num_frames"]),
+            "num_frames": self.num_frames,
             "height": height,
             "width": width,
             "ar": height / width,

@@ -103,7 +103,10 @@ class DataArguments:
     """The training clips: CSV files and how they are cut (fixed size or buckets) and masked."""
 
     data_path: List[str] = field(default_factory=list, metadata={"help": "CSV file(s) with path,text columns"})
-    num_frames: int = field(default=16, metadata={"help": "frames per clip (fixed-size mode)"})
+    num_frames: int = field(
+        default=16,
+        metadata={"help": "frames per clip (fixed-size mode); with --feature_path, latent frames per sample (a window of each cached clip, 1: single frames)"},
+    )
     frame_interval: int = field(default=1, metadata={"help": "stride between the frames read from a video"})
     image_size: List[int] = field(default_factory=lambda: [256, 256], metadata={"help": "height width (fixed-size mode)"})
     bucket_config: Optional[str] = field(
