@@ -25,7 +25,7 @@ import os
 import numpy as np
 import paddle
 
-from video_datasets import SampleKey, SkipLog, VideoBatchSampler, collate_samples
+from video_datasets import SampleKey, SkipLog, VideoBatchSampler, collate_samples, temporal_crop_start
 
 INDEX_NAME = "features.csv"
 COLUMNS = ("path", "text", "num_frames", "height", "width", "fps")
@@ -121,10 +121,7 @@ class FeatureDataset(paddle.io.Dataset):
 
     def window_start(self, index, epoch):
         """First latent frame of row `index`'s window in `epoch` (0 when clips are used whole)."""
-        spare = self.cached_frames - self.num_frames
-        if spare == 0:
-            return 0
-        return int(np.random.default_rng([self.seed, int(epoch), int(index), 2]).integers(0, spare + 1))
+        return temporal_crop_start(self.seed, epoch, index, self.cached_frames - self.num_frames, 2)
 
     def __len__(self):
         return len(self.rows)

@@ -13,6 +13,7 @@ from .datasets import (
     VariableVideoTextDataset,
     VideoTextDataset,
     read_csv_files,
+    temporal_crop_start,
 )
 from .sampler import BucketBatchSampler, VideoBatchSampler
 
@@ -28,6 +29,7 @@ __all__ = [
     "VideoTextDataset",
     "aspect_ratio",
     "collate_samples",
+    "temporal_crop_start",
     "load_bucket_config",
     "parse_ratio",
     "read_csv_files",

@@ -46,6 +46,15 @@ SampleKey.__doc__ = """What a batch sampler hands the dataset for one sample: th
 (seeds the temporal crop) and the target clip size (the bucket's num_frames, height, width)."""
 
 
+def temporal_crop_start(seed, epoch, index, spare, *stream):
+    """First frame of row `index`'s temporal crop in `epoch`: uniform in 0..spare (frames left over
+    beyond the crop), drawn from `numpy.random.default_rng([seed, epoch, index, *stream])` so a
+    resumed run and every rank see the same crops. Returns 0 when spare is 0."""
+    if spare == 0:
+        return 0
+    return int(np.random.default_rng([int(seed), int(epoch), int(index), *stream]).integers(0, int(spare) + 1))
+
+
 class UnusableSample(Exception):
     """A row that cannot produce the requested clip (missing, corrupt, too short, image for video)."""
 
@@ -265,8 +274,7 @@ class _CsvVideoDataset(paddle.io.Dataset):
                 raise UnusableSample(
                     f"{total} frames, need {need} (num_frames {num_frames} x frame_interval {self.frame_interval})"
                 )
-            rng = np.random.default_rng([self.seed, int(epoch), int(index)])
-            start = int(rng.integers(0, total - need + 1))
+            start = temporal_crop_start(self.seed, epoch, index, total - need)
             frames = read_frames(path, start + np.arange(num_frames) * self.frame_interval)
             src_fps = info.get("fps") or self._csv_info["fps"][index]
             if not (src_fps and np.isfinite(src_fps) and src_fps > 0):
