@@ -87,8 +87,7 @@ def resize_patch(model, new_patch):
     config = dict(model.config)
     config["patch_size"] = list(new_patch)
     if "input_sq_size" in config:
-        spatial = factors[1] if factors[1] == factors[2] else (factors[1] * factors[2]) ** 0.5
-        config["input_sq_size"] = config["input_sq_size"] / spatial
+        config["input_sq_size"] = config["input_sq_size"] / (factors[1] * factors[2]) ** 0.5
         if float(config["input_sq_size"]).is_integer():
             config["input_sq_size"] = int(config["input_sq_size"])
     new = type(model).from_config(config)
