@@ -9,11 +9,13 @@ kivy's cityCC0.mpg).
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -118,17 +120,48 @@ def component_paths():
     return {key: flags[flags.index("--" + key) + 1] for key in ("vae_path", "text_encoder_path", "tokenizer_path")}
 
 
+ERROR_LINE = re.compile(r"Traceback|Error|error|SIG[A-Z]+|terminate|Abort|C\+\+|Container failed")
+
+
+def launch_report(res, log_dir):
+    """What a failed run printed: the launcher's tail, then each worker log's error lines and tail, the
+    log holding an error last (CI output keeps the end of a long message)."""
+    parts = [f"training failed ({res.returncode}):\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}"]
+    if log_dir and os.path.isdir(log_dir):
+        logs = []
+        for name in sorted(os.listdir(log_dir)):
+            text = open(os.path.join(log_dir, name), errors="replace").read()
+            errors = [line for line in text.splitlines() if ERROR_LINE.search(line)]
+            logs.append((bool(errors), f"--- {name}: error lines\n" + "\n".join(errors[-30:]) + f"\n--- {name}: tail\n{text[-1500:]}"))
+        parts += [body for _, body in sorted(logs, key=lambda item: item[0])]
+    return "\n".join(parts)
+
+
+def killed_by_signal(res):
+    """True when a launched worker died from a signal (the launcher exits with 256 - signal, e.g. 250
+    for SIGABRT) rather than from a Python exception (exit 1)."""
+    return res.returncode < 0 or res.returncode > 128
+
+
 def train(*args, nproc=1, log_dir=None, timeout=300):
-    """Run scripts/trainer_opensora.py (under paddle.distributed.launch when nproc > 1); fail with its logs."""
+    """Run scripts/trainer_opensora.py (under paddle.distributed.launch when nproc > 1); fail with its logs.
+
+    Under the launcher, a worker killed by a signal is relaunched once, with a warning that carries the
+    first failure's logs, after clearing that run's log and output folders: a worker has aborted once in CI
+    (exit 250, SIGABRT, in the gloo CPU run) and never in 16 local runs, idle or with 3 busy processes beside it; the relaunched
+    run's results are checked in full. A Python error or a second abort fails the test."""
     cmd = [sys.executable]
     if nproc > 1:
         cmd += ["-m", "paddle.distributed.launch", "--nproc_per_node", str(nproc), "--log_dir", str(log_dir)]
-    res = subprocess.run(cmd + [SCRIPT, *map(str, args)], capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+    cmd += [SCRIPT, *map(str, args)]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+    if res.returncode != 0 and nproc > 1 and killed_by_signal(res):
+        warnings.warn("a launched worker was killed by a signal; relaunching once:\n" + launch_report(res, log_dir))
+        shutil.rmtree(log_dir, ignore_errors=True)
+        shutil.rmtree(str(args[list(map(str, args)).index("--output_dir") + 1]), ignore_errors=True)
+        res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout)
     if res.returncode != 0:
-        logs = ""
-        if log_dir and os.path.isdir(log_dir):
-            logs = "".join(open(os.path.join(log_dir, f)).read()[-3000:] for f in sorted(os.listdir(log_dir)))
-        raise AssertionError(f"training failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}\n{logs}")
+        raise AssertionError(launch_report(res, log_dir))
     return res
 
 
