@@ -147,9 +147,10 @@ def train(*args, nproc=1, log_dir=None, timeout=300):
     """Run scripts/trainer_opensora.py (under paddle.distributed.launch when nproc > 1); fail with its logs.
 
     Under the launcher, a worker killed by a signal is relaunched once, with a warning that carries the
-    first failure's logs, after clearing that run's log and output folders: a worker has aborted once in CI
-    (exit 250, SIGABRT, in the gloo CPU run) and never in 16 local runs, idle or with 3 busy processes beside it; the relaunched
-    run's results are checked in full. A Python error or a second abort fails the test."""
+    first failure's logs, after clearing that run's log and output folders: a worker has aborted once in
+    CI (exit 250, SIGABRT, in the gloo CPU run) and never in 16 local runs, idle or with 3 busy processes
+    beside it; the relaunched run's results are checked in full. A Python error or a second abort fails
+    the test."""
     cmd = [sys.executable]
     if nproc > 1:
         cmd += ["-m", "paddle.distributed.launch", "--nproc_per_node", str(nproc), "--log_dir", str(log_dir)]
