@@ -132,7 +132,8 @@ def launch_report(res, log_dir):
         for name in sorted(os.listdir(log_dir)):
             text = open(os.path.join(log_dir, name), errors="replace").read()
             errors = [line for line in text.splitlines() if ERROR_LINE.search(line)]
-            logs.append((bool(errors), f"--- {name}: error lines\n" + "\n".join(errors[-30:]) + f"\n--- {name}: tail\n{text[-1500:]}"))
+            body = f"--- {name}: error lines\n" + "\n".join(errors[-30:]) + f"\n--- {name}: tail\n{text[-1500:]}"
+            logs.append((bool(errors), body))
         parts += [body for _, body in sorted(logs, key=lambda item: item[0])]
     return "\n".join(parts)
 
