@@ -157,10 +157,10 @@ def train(*args, nproc=1, log_dir=None, timeout=300):
         cmd += ["-m", "paddle.distributed.launch", "--nproc_per_node", str(nproc), "--log_dir", str(log_dir)]
     cmd += [SCRIPT, *map(str, args)]
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout)
-    if res.returncode != 0 and nproc > 1 and killed_by_signal(res):
+    if nproc > 1 and killed_by_signal(res):
         warnings.warn("a launched worker was killed by a signal; relaunching once:\n" + launch_report(res, log_dir))
         shutil.rmtree(log_dir, ignore_errors=True)
-        shutil.rmtree(str(args[list(map(str, args)).index("--output_dir") + 1]), ignore_errors=True)
+        shutil.rmtree(cmd[cmd.index("--output_dir") + 1], ignore_errors=True)
         res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout)
     if res.returncode != 0:
         raise AssertionError(launch_report(res, log_dir))
