@@ -148,6 +148,10 @@ def print_table(results):
         ("last-frame digit (i2v clips)", "last_frame_digit_accuracy"),
         ("digit accuracy (t2v, per digit)", "digit_accuracy_per_digit"),
         ("motion accuracy (t2v, per digit)", "motion_accuracy_per_digit"),
+        ("digit accuracy (t2v, one-digit clips)", "digit_accuracy_one_digit"),
+        ("motion accuracy (t2v, one-digit clips)", "motion_accuracy_one_digit"),
+        ("digit accuracy (t2v, two-digit clips)", "digit_accuracy_two_digit"),
+        ("motion accuracy (t2v, two-digit clips)", "motion_accuracy_two_digit"),
         ("digit accuracy (i2v clips)", "i2v_digit_accuracy"),
         ("motion accuracy (i2v clips)", "i2v_motion_accuracy"),
     ]

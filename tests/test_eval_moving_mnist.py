@@ -136,6 +136,22 @@ def test_wrong_captions_score_low(mnist, oracle):
     assert all(s["motion_hits"] == 0 for s in wrong_way if len(set(s["expected_digits"])) == len(s["expected_digits"]))
 
 
+def test_summary_splits_clips_by_digit_count(mnist, oracle):
+    """Right captions on the one-digit clips, a wrong digit on the two-digit ones: the split shows it."""
+    scores = []
+    for frames, text, digits in clips(mnist, 20):
+        if len(digits) == 2:
+            text = mm.caption([dict(d, label=(d["label"] + 1) % 10) for d in digits])
+        scores.append(de.score_video(frames, text, oracle))
+    s = summary(scores)
+    n1 = sum(len(x["expected_digits"]) == 1 for x in scores)
+    assert 0 < n1 < 20 and s["num_videos_one_digit"] == n1 and s["num_videos_two_digit"] == 20 - n1
+    assert s["digit_accuracy_one_digit"] == 1.0 and s["digit_accuracy_two_digit"] == 0.0
+    assert s["motion_accuracy_one_digit"] == 1.0 and s["digit_accuracy"] == n1 / 20
+    only_one = summary([x for x in scores if len(x["expected_digits"]) == 1])
+    assert "digit_accuracy_two_digit" not in only_one and only_one["digit_accuracy_one_digit"] == 1.0
+
+
 def test_blank_and_one_digit_videos(mnist, oracle):
     blank = np.zeros((T, SIZE, SIZE, 3), np.uint8)
     score = de.score_video(blank, "the digit 3 moves right", oracle)

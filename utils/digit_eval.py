@@ -716,9 +716,17 @@ def score_conditioning(frames, reference, text, classifier, threshold=THRESHOLD)
     return dict(psnr_frame0=psnr(frames[0], reference), last_frame_digits=last, last_frame_correct=last == expected)
 
 
+DIGIT_COUNT_NAMES = {1: "one_digit", 2: "two_digit"}
+
+
 def summarize(video_scores, conditioning_scores=()):
     """Accuracies over clips (and over caption digits) and the mean frame-0 PSNR (each clip's
-    PSNR capped at PSNR_CAP). Keys without scores are omitted."""
+    PSNR capped at PSNR_CAP). Keys without scores are omitted.
+
+    The clip accuracies are also split by the number of digits the caption names:
+    `digit_accuracy_one_digit`, `motion_accuracy_one_digit` (and `num_videos_one_digit`) over the
+    one-digit clips, likewise `..._two_digit`; present only when such clips were scored.
+    """
     out = {}
     if video_scores:
         n_digits = sum(len(s["expected_digits"]) for s in video_scores)
@@ -729,6 +737,12 @@ def summarize(video_scores, conditioning_scores=()):
             motion_accuracy=float(np.mean([s["motion_correct"] for s in video_scores])),
             motion_accuracy_per_digit=sum(s["motion_hits"] for s in video_scores) / n_digits,
         )
+        for count, name in DIGIT_COUNT_NAMES.items():
+            group = [s for s in video_scores if len(s["expected_digits"]) == count]
+            if group:
+                out[f"num_videos_{name}"] = len(group)
+                out[f"digit_accuracy_{name}"] = float(np.mean([s["digit_correct"] for s in group]))
+                out[f"motion_accuracy_{name}"] = float(np.mean([s["motion_correct"] for s in group]))
     if conditioning_scores:
         out.update(
             num_conditioned=len(conditioning_scores),
