@@ -96,3 +96,45 @@ def test_cli_writes_a_loadable_folder_and_rejects_a_smaller_depth(tmp_path):
     assert bad.returncode != 0
     assert bad.stderr.strip().splitlines()[-1].startswith("error:") and "new depth 1" in bad.stderr
     assert not (tmp_path / "d1").exists()
+
+
+# ------------------------------------------------------------------- half-precision storage
+
+
+def test_float16_storage_halves_the_file_and_loads_back_to_float32(tmp_path):
+    model = _trained_like(STDiT3, 2)
+    full = model.save_pretrained(str(tmp_path / "fp32"))
+    half = model.save_pretrained(str(tmp_path / "fp16"), dtype="float16")
+    size = lambda d: os.path.getsize(os.path.join(d, "model.safetensors"))  # noqa: E731
+    assert 0.45 < size(half) / size(full) < 0.55
+    loaded = STDiT3.from_pretrained(half)
+    for k, v in loaded.state_dict().items():
+        ref = model.state_dict()[k].numpy()
+        assert v.dtype == paddle.float32, k
+        np.testing.assert_array_equal(v.numpy(), ref.astype("float16").astype("float32"))
+    x, t, y, x_mask = _inputs()
+    with paddle.no_grad():
+        ref = model(x, t, y, x_mask=x_mask, num_frames=3, height=32, width=32, ar=1.0, fps=8)
+        out = loaded(x, t, y, x_mask=x_mask, num_frames=3, height=32, width=32, ar=1.0, fps=8)
+    np.testing.assert_allclose(out.numpy(), ref.numpy(), atol=2e-3)
+    assert not np.array_equal(out.numpy(), ref.numpy())  # the rounding is real
+
+
+def test_unsupported_storage_dtype_writes_nothing(tmp_path):
+    with pytest.raises(ValueError, match=r"storage dtype 'int8' is not supported; accepted: \['float32', 'float16'\]"):
+        _trained_like(STDiT3, 2).save_pretrained(str(tmp_path / "out"), dtype="int8")
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_cast_script(tmp_path):
+    src = _trained_like(STDiT3, 2).save_pretrained(str(tmp_path / "src"))
+    run = lambda *a: subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "cast_dit_weights.py"), *a],  # noqa: E731
+                                    capture_output=True, text=True, cwd=ROOT)
+    done = run("--model", "STDiT3", "--input", src, "--dtype", "float16", "--output", str(tmp_path / "half"))
+    assert done.returncode == 0, done.stderr
+    assert "stored as float16" in done.stdout and "largest weight change" in done.stdout
+    assert STDiT3.from_pretrained(str(tmp_path / "half")).depth == 2
+    same = run("--model", "STDiT3", "--input", src, "--dtype", "float16", "--output", src)
+    assert same.returncode != 0 and "is the input folder" in same.stderr
+    missing = run("--model", "STDiT3", "--input", str(tmp_path / "nope"), "--dtype", "float16", "--output", str(tmp_path / "x"))
+    assert missing.returncode != 0 and "model folder not found" in missing.stderr and not os.path.exists(tmp_path / "x")

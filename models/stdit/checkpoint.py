@@ -69,10 +69,29 @@ def check_state_keys(model, state, source):
         raise ValueError(f"checkpoint {source} does not fit {type(model).__name__}: " + " | ".join(parts))
 
 
+STORAGE_DTYPES = ("float32", "float16")
+
+
 def load_state(model, state, source):
-    """Validate then copy a {key: numpy array} state (Paddle layout) into `model`."""
+    """Validate then copy a {key: numpy array} state (Paddle layout) into `model`.
+
+    Floating-point arrays stored in another precision (a folder saved with `dtype="float16"`) are
+    cast to the dtype of the model's tensor (float32 here); integer or boolean arrays are copied
+    as they are.
+
+    Raises:
+        ValueError: missing / unexpected keys or a shape mismatch (`check_state_keys`).
+    """
     check_state_keys(model, state, source)
-    model.set_state_dict({k: paddle.to_tensor(np.ascontiguousarray(v)) for k, v in state.items()})
+    targets = model.state_dict()
+    values = {}
+    for k, v in state.items():
+        v = np.ascontiguousarray(v)
+        want = np.dtype(str(targets[k].dtype).replace("paddle.", ""))
+        if np.issubdtype(v.dtype, np.floating) and np.issubdtype(want, np.floating) and v.dtype != want:
+            v = v.astype(want)
+        values[k] = paddle.to_tensor(v)
+    model.set_state_dict(values)
     return model
 
 
@@ -104,16 +123,28 @@ def upstream_to_paddle(model, upstream_state, source="upstream state dict"):
     return out
 
 
-def save_folder(model, config, save_dir, model_type):
-    """Write `config.json` + `model.safetensors` atomically (temporary folder, then rename)."""
+def save_folder(model, config, save_dir, model_type, dtype=None):
+    """Write `config.json` + `model.safetensors` atomically (temporary folder, then rename).
+
+    Args:
+        dtype: None keeps each tensor's dtype; "float16" / "float32" stores the floating-point
+            tensors in that precision (float16 halves the file; `load_state` casts back).
+
+    Raises:
+        ValueError: `dtype` is not one of STORAGE_DTYPES (nothing is written).
+    """
     from safetensors.numpy import save_file
 
+    if dtype is not None and dtype not in STORAGE_DTYPES:
+        raise ValueError(f"storage dtype {dtype!r} is not supported; accepted: {list(STORAGE_DTYPES)}")
     save_dir = os.path.abspath(save_dir)
     parent = os.path.dirname(save_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(save_dir) + "-", dir=parent)
     try:
         state = {k: np.ascontiguousarray(v.numpy()) for k, v in model.state_dict().items()}
+        if dtype is not None:
+            state = {k: v.astype(dtype) if np.issubdtype(v.dtype, np.floating) else v for k, v in state.items()}
         save_file(state, os.path.join(tmp, WEIGHTS_NAME), metadata={"format": "paddle", "model_type": model_type})
         with open(os.path.join(tmp, CONFIG_NAME), "w") as f:
             json.dump(dict(config, model_type=model_type), f, indent=2)

@@ -101,9 +101,13 @@ class STDiTMixin:
         """The learned empty caption [batch_size, 1, model_max_length, caption_channels] (for CFG)."""
         return self.y_embedder.null_caption(batch_size)
 
-    def save_pretrained(self, save_dir):
-        """Write `config.json` + `model.safetensors` to `save_dir` (atomically)."""
-        return ckpt.save_folder(self, self.config, save_dir, self.model_type)
+    def save_pretrained(self, save_dir, dtype=None):
+        """Write `config.json` + `model.safetensors` to `save_dir` (atomically).
+
+        `dtype="float16"` stores the weights in half precision (half the file size; loading casts
+        them back to the model's float32). Raises ValueError for another dtype.
+        """
+        return ckpt.save_folder(self, self.config, save_dir, self.model_type, dtype=dtype)
 
     @classmethod
     def from_config(cls, config):
