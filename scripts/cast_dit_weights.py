@@ -33,6 +33,7 @@ def main(argv=None):
     import numpy as np
 
     from models.stdit import MODEL_CLASSES
+    from models.stdit.checkpoint import WEIGHTS_NAME
 
     cls = MODEL_CLASSES[args.model]
     try:
@@ -43,7 +44,7 @@ def main(argv=None):
     reloaded = cls.from_pretrained(out)
     before, after = model.state_dict(), reloaded.state_dict()
     change = max(float(np.abs(before[k].numpy() - after[k].numpy()).max()) for k in before)
-    size = lambda folder: os.path.getsize(os.path.join(folder, "model.safetensors")) / 2**20  # noqa: E731
+    size = lambda folder: os.path.getsize(os.path.join(folder, WEIGHTS_NAME)) / 2**20  # noqa: E731
     print(f"{args.model} weights stored as {args.dtype}: {size(args.input):.1f} MiB -> {size(out):.1f} MiB, "
           f"largest weight change {change:.2e} -> {out}")
 

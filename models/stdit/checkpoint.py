@@ -84,14 +84,10 @@ def load_state(model, state, source):
     """
     check_state_keys(model, state, source)
     targets = model.state_dict()
-    values = {}
-    for k, v in state.items():
-        v = np.ascontiguousarray(v)
-        want = np.dtype(str(targets[k].dtype).replace("paddle.", ""))
-        if np.issubdtype(v.dtype, np.floating) and np.issubdtype(want, np.floating) and v.dtype != want:
-            v = v.astype(want)
-        values[k] = paddle.to_tensor(v)
-    model.set_state_dict(values)
+    model.set_state_dict({
+        k: paddle.to_tensor(np.ascontiguousarray(v), dtype=targets[k].dtype if np.issubdtype(v.dtype, np.floating) else None)
+        for k, v in state.items()
+    })
     return model
 
 
