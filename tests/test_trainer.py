@@ -301,6 +301,17 @@ def test_bucket_run_mixes_images_and_clips_and_resumes_exactly(data, tmp_path):
     assert "resuming from" in res.stderr and "trained steps 4-5" in res.stdout
     assert max_diff(weights(full / "dit"), weights(resumed / "dit")) <= 1e-6
 
+    # restarted at its max_steps (e.g. to write the final DiT of a run stopped at checkpoint-3):
+    # nothing is trained, the final DiT and EMA are checkpoint-3's
+    finished = tmp_path / "finished"
+    finished.mkdir()
+    shutil.copytree(full / "checkpoint-3", finished / "checkpoint-3")
+    flags[flags.index("--max_steps") + 1] = "3"
+    res = train(*flags, "--output_dir", finished)
+    assert "nothing to train" in res.stderr and "trained steps" not in res.stdout
+    for name in ("dit", "dit_ema"):
+        assert max_diff(weights(full / "checkpoint-3" / name), weights(finished / name)) == 0.0
+
 
 def test_sigkill_mid_run_resumes_from_last_complete_checkpoint(data, noisy_run, tmp_path):
     reference, _ = noisy_run

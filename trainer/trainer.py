@@ -13,7 +13,9 @@ What it adds to `paddlenlp.trainer.Trainer`:
   (`--report_to visualdl`) plots all three; one console line per logging step;
 - checkpoints written to `output_dir/.tmp-checkpoint-N/` and renamed to `checkpoint-N` once
   complete (all ranks finished: barrier), so a killed run never leaves a half-written
-  `checkpoint-N`; a run restarted in the same output folder resumes from the last one;
+  `checkpoint-N`; a run restarted in the same output folder resumes from the last one, and one
+  restarted at or past its max_steps trains nothing and writes that checkpoint's DiT as the final
+  one (paddlenlp alone would train one step more);
 - fp16 / bf16 turned off, with one log line, where Paddle has no CUDA (its CPU build has no
   half-precision kernels), so the GPU command line also runs on the CPU in float32.
 
@@ -36,7 +38,8 @@ import paddle
 import paddle.distributed as dist
 from paddlenlp.trainer import Trainer, TrainerCallback
 from paddlenlp.trainer.trainer_callback import PrinterCallback, ProgressCallback
-from paddlenlp.trainer.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from paddlenlp.trainer.trainer import TRAINER_STATE_NAME
+from paddlenlp.trainer.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, get_last_checkpoint
 
 from models.stdit.checkpoint import load_state, read_folder, save_folder
 from video_datasets import BucketBatchSampler, VariableVideoTextDataset, VideoBatchSampler, collate_samples
@@ -312,9 +315,37 @@ class OpenSoraTrainer(Trainer):
             _log.info("resuming from %s at epoch %d, batch %d", resume_from_checkpoint, loader.epoch, loader.steps_in_epoch)
         if args.max_steps <= 0:
             args.max_steps = self._epochs_to_steps(args.num_train_epochs)
+        if resume_from_checkpoint is not None:
+            done = self._checkpoint_step(resume_from_checkpoint)
+            if done >= args.max_steps:  # paddlenlp would still train one step past max_steps
+                return self._export_finished(resume_from_checkpoint, done)
         output = super().train(resume_from_checkpoint=resume_from_checkpoint, ignore_keys_for_eval=ignore_keys_for_eval)
         self.save_final()
         return output
+
+    def _checkpoint_step(self, checkpoint):
+        """The global step a checkpoint folder was saved at (its trainer_state.json)."""
+        path = os.path.join(checkpoint, TRAINER_STATE_NAME)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path} not found: {checkpoint!r} is not a complete checkpoint")
+        with open(path) as f:
+            return int(json.load(f)["global_step"])
+
+    def _export_finished(self, checkpoint, step):
+        """A run resumed at or past max_steps trains nothing: the checkpoint's DiT (and EMA)
+        become the final `output_dir/dit` (and `dit_ema`), unchanged."""
+        _log.info("%s is at step %d, max_steps is %d: nothing to train; writing its DiT", checkpoint, step,
+                  self.args.max_steps)
+        self._load_from_checkpoint(checkpoint)
+        if self.ema_decay > 0:
+            self.ema = EMA(self.model.dit, self.ema_decay)
+            ema_path = os.path.join(checkpoint, EMA_DIR)
+            if os.path.isdir(ema_path):
+                self.ema.load(self.model.dit, ema_path)
+            else:
+                _log.warning("%s not found: dit_ema is written from the checkpoint's DiT", ema_path)
+        self.save_final()
+        return TrainOutput(step, 0.0, {})
 
     def _on_train_begin(self):
         """After the weights, optimizer and trainer state are loaded: the RNG state of the
