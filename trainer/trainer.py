@@ -337,29 +337,28 @@ class OpenSoraTrainer(Trainer):
         _log.info("%s is at step %d, max_steps is %d: nothing to train; writing its DiT", checkpoint, step,
                   self.args.max_steps)
         self._load_from_checkpoint(checkpoint)
-        if self.ema_decay > 0:
-            self.ema = EMA(self.model.dit, self.ema_decay)
-            ema_path = os.path.join(checkpoint, EMA_DIR)
-            if os.path.isdir(ema_path):
-                self.ema.load(self.model.dit, ema_path)
-            else:
-                _log.warning("%s not found: dit_ema is written from the checkpoint's DiT", ema_path)
+        self._build_ema(checkpoint)
         self.save_final()
         return TrainOutput(step, 0.0, {})
 
     def _on_train_begin(self):
         """After the weights, optimizer and trainer state are loaded: the RNG state of the
         checkpoint (paddlenlp restores it only when it skips batches itself) and the EMA."""
-        if self.ema_decay > 0:
-            self.ema = EMA(self.model.dit, self.ema_decay)
         if self._resume_from is not None:
             self._load_rng_state(self._resume_from)
-            if self.ema is not None:
-                ema_path = os.path.join(self._resume_from, EMA_DIR)
-                if os.path.isdir(ema_path):
-                    self.ema.load(self.model.dit, ema_path)
-                else:
-                    _log.warning("%s not found: the EMA restarts from the current weights", ema_path)
+        self._build_ema(self._resume_from)
+
+    def _build_ema(self, checkpoint=None):
+        """The EMA of the DiT (with ema_decay > 0), loaded from `checkpoint/dit_ema` when given."""
+        if self.ema_decay <= 0:
+            return
+        self.ema = EMA(self.model.dit, self.ema_decay)
+        if checkpoint is not None:
+            ema_path = os.path.join(checkpoint, EMA_DIR)
+            if os.path.isdir(ema_path):
+                self.ema.load(self.model.dit, ema_path)
+            else:
+                _log.warning("%s not found: the EMA restarts from the current weights", ema_path)
 
     def grad_norm(self):
         """Global L2 norm of the DiT's gradients (before clipping, unscaled), as a float.
