@@ -62,8 +62,11 @@ def test_mask_generator_ratios_and_errors():
         MaskGenerator({"mask_everything": 1.0})
     with pytest.raises(ValueError, match="sum to 1"):
         MaskGenerator({"identity": 0.5, "random": 0.6})
-    for name in ("opensora_v1_1", "opensora_v1_2", "tiny"):
-        MaskGenerator.from_file(os.path.join(ROOT, "configs", "masks", name + ".json"))
+    shipped = sorted(f for f in os.listdir(os.path.join(ROOT, "configs", "masks")) if f.endswith(".json"))
+    assert {"opensora_v1_1.json", "opensora_v1_2.json", "tiny.json", "mnist_default.json"} <= set(shipped)
+    ratios = {f: MaskGenerator.from_file(os.path.join(ROOT, "configs", "masks", f)).mask_ratios for f in shipped}
+    assert ratios["mnist_default.json"]["identity"] == pytest.approx(0.4)
+    assert ratios["mnist_default_t2v.json"]["identity"] == pytest.approx(0.6)
 
 
 # ------------------------------------------------------------------------------------------ data
