@@ -62,9 +62,10 @@ def test_mask_generator_ratios_and_errors():
         MaskGenerator({"mask_everything": 1.0})
     with pytest.raises(ValueError, match="sum to 1"):
         MaskGenerator({"identity": 0.5, "random": 0.6})
-    shipped = sorted(f for f in os.listdir(os.path.join(ROOT, "configs", "masks")) if f.endswith(".json"))
-    assert {"opensora_v1_1.json", "opensora_v1_2.json", "tiny.json", "mnist_default.json"} <= set(shipped)
-    ratios = {f: MaskGenerator.from_file(os.path.join(ROOT, "configs", "masks", f)).mask_ratios for f in shipped}
+    masks_dir = os.path.join(ROOT, "configs", "masks")
+    shipped = {f for f in os.listdir(masks_dir) if f.endswith(".json")}
+    assert {"opensora_v1_1.json", "opensora_v1_2.json", "tiny.json", "mnist_default.json"} <= shipped
+    ratios = {f: MaskGenerator.from_file(os.path.join(masks_dir, f)).mask_ratios for f in shipped}
     assert ratios["mnist_default.json"]["identity"] == pytest.approx(0.4)
     assert ratios["mnist_default_t2v.json"]["identity"] == pytest.approx(0.6)
 

@@ -37,7 +37,7 @@ import time
 import paddle
 import paddle.distributed as dist
 from paddlenlp.trainer import Trainer, TrainerCallback
-from paddlenlp.trainer.trainer_callback import PrinterCallback, ProgressCallback
+from paddlenlp.trainer.trainer_callback import PrinterCallback, ProgressCallback, TrainerState
 from paddlenlp.trainer.trainer import TRAINER_STATE_NAME
 from paddlenlp.trainer.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, get_last_checkpoint
 
@@ -328,8 +328,7 @@ class OpenSoraTrainer(Trainer):
         path = os.path.join(checkpoint, TRAINER_STATE_NAME)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path} not found: {checkpoint!r} is not a complete checkpoint")
-        with open(path) as f:
-            return int(json.load(f)["global_step"])
+        return TrainerState.load_from_json(path).global_step
 
     def _export_finished(self, checkpoint, step):
         """A run resumed at or past max_steps trains nothing: the checkpoint's DiT (and EMA)
