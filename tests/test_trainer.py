@@ -386,6 +386,14 @@ def test_features_extracted_once_then_trained_from_cache(data, tmp_path):
     with pytest.raises(ValueError, match=r"num_frames=5 does not fit .* accepted 1\.\.4"):
         FeatureDataset(str(feats), num_frames=5)
 
+    # an index elsewhere (e.g. one over several feature folders): its paths are relative to its folder
+    rows = (feats / "features.csv").read_text().splitlines()
+    both = tmp_path / "both.csv"
+    both.write_text("\n".join([rows[0]] + [f"features/{r}" for r in rows[1:]] * 2) + "\n")
+    combined = FeatureDataset(str(both))
+    assert len(combined) == 2 * len(ds)
+    np.testing.assert_array_equal(combined[len(ds) + 5]["latent"], ds[5]["latent"])
+
     out = tmp_path / "out"
     res = train(*tiny_flags(max_steps=3, save_steps=3), "--feature_path", feats, "--output_dir", out,
                 "--dataloader_num_workers", "1", "--num_frames", "2")

@@ -8,6 +8,10 @@ Feature folder (written by `extract_features`, read by `FeatureDataset`):
                         last (atomically), so a folder without it is incomplete
     000000.npz ...      latent float32 [C, T, h, w], y float32 [L, C_txt], y_mask int64 [L]
 
+An index's `path` column is relative to the index's own folder, so one CSV can join several feature
+folders (e.g. `data/features_both.csv` with rows `features_mnist/000000.npz`, `features_mnist_seed1/...`)
+and be passed as `--feature_path`; the clips of all of them must share one size.
+
 What is fixed at extraction time: the temporal crop (epoch 0's), the VAE posterior sample (drawn
 with a seed) and the clip size; training from the cache sees the same latent for a clip in every
 epoch. Only fixed-size clips (`VideoTextDataset`) are cached.
@@ -82,7 +86,8 @@ class FeatureDataset(paddle.io.Dataset):
     so `VideoBatchSampler` and the trainer's loader work unchanged).
 
     Args:
-        path: the feature folder or its `features.csv`.
+        path: the feature folder, its `features.csv`, or another index CSV of the same columns (its
+            `path`s relative to the CSV's folder; see the module docstring).
         num_frames: latent frames per sample; None (default) = the cached clips whole, fewer = a
             window of that many consecutive frames per sample (see the module docstring).
         seed: seeds the window starts (with the epoch and the row).
