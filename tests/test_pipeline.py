@@ -238,13 +238,19 @@ def test_every_readme_generation_example_runs(workdir, tmp_path):
 
 
 def test_readme_input_files_exist_and_are_not_git_ignored():
-    """Every `assets/...` and `configs/...` file the README names is in the checkout and not ignored
-    by .gitignore (an ignored example input exists here but is missing from every fresh clone)."""
+    """Every `assets/...` and `configs/...` file the README (or the training log it links,
+    docs/default_model.md) names, and every file the README links, is in the checkout and not
+    ignored by .gitignore (an ignored example input exists here but is missing from every fresh
+    clone)."""
     import re
 
     with open(os.path.join(ROOT, "README.md")) as f:
-        text = f.read()
-    names = sorted(set(re.findall(r"(?:assets|configs)/[\w./-]+\.(?:png|mp4|json)", text)))
+        readme = f.read()
+    links = re.findall(r"\]\((?!https?:)([^)#]+)\)", readme)
+    assert "docs/default_model.md" in links, links
+    with open(os.path.join(ROOT, "docs", "default_model.md")) as f:
+        text = readme + f.read()
+    names = sorted(set(re.findall(r"(?:assets|configs)/[\w./-]+\.(?:png|mp4|json)", text)) | set(links))
     assert any(n.endswith(".mp4") for n in names) and any(n.endswith(".png") for n in names), names
     missing = [n for n in names if not os.path.isfile(os.path.join(ROOT, n))]
     assert not missing, f"README names files that do not exist: {missing}"
