@@ -40,6 +40,7 @@ def parse_args(argv=None):
     g = p.add_argument_group("model (as scripts/inference.py)")
     g.add_argument("--config", default=None, help="inference config JSON (default: configs/default.json)")
     g.add_argument("--ckpt-path", default=None, help="model folder overriding the config's")
+    g.add_argument("--scheduler", choices=["iddpm", "rflow"], default=None, help="override the config's scheduler")
     g.add_argument("--num-sampling-steps", type=int, default=None)
     g.add_argument("--cfg-scale", type=float, default=None)
     g.add_argument("--seed", type=int, default=0, help="generation seed (the same for a caption and its variants)")
@@ -134,15 +135,11 @@ def run(args, log=print):
     from utils.cpu import import_paddle_quietly
 
     import_paddle_quietly()
+    from benchmarks.eval_moving_mnist import generate, inference_settings
     from utils.config import build_text_encoder
-    from utils.inference_cli import build_parser, load_pipeline, resolve_settings
+    from utils.inference_cli import load_pipeline
 
-    flags = []
-    for name in ("config", "num_sampling_steps", "cfg_scale", "seed", "batch_size"):
-        value = getattr(args, name)
-        if value is not None:
-            flags += ["--" + name.replace("_", "-"), str(value)]
-    config, settings = resolve_settings(build_parser("caption_binding").parse_args(flags))
+    config, settings = inference_settings(args)
     H, W = settings["image_size"]
     if args.ckpt_path and not os.path.isdir(args.ckpt_path):
         raise FileNotFoundError(f"--ckpt-path folder not found: {args.ckpt_path!r}")
@@ -162,8 +159,6 @@ def run(args, log=print):
     results["text_change_replaced"] = token_state_change(text_encoder, captions, replaced)
     if args.text_only:
         return results
-
-    from benchmarks.eval_moving_mnist import generate
 
     videos = {}
     for name, texts in (("caption", captions), ("swapped", swapped), ("replaced", replaced)):

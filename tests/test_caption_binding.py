@@ -76,26 +76,9 @@ def test_script_rejects_bad_flags():
     assert res.returncode == 2 and "no/such/folder" in res.stderr and "Traceback" not in res.stderr
 
 
-def test_script_end_to_end_on_tiny_components(tmp_path, fixtures_dir):
+def test_script_end_to_end_on_tiny_components(tmp_path, tiny_inference_config):
     """Fixture VAE / T5 and a tiny random STDiT3: the numbers are meaningless, the outputs are checked."""
-    import paddle
-
-    from models.stdit import STDiT3
-
-    paddle.seed(0)
-    STDiT3(depth=1, hidden_size=48, num_heads=2, caption_channels=64, model_max_length=12,
-           input_sq_size=64).save_pretrained(str(tmp_path / "stdit3"))
-    hf = os.path.join(fixtures_dir, "hf_tiny")
-    config = {
-        "model": {"type": "STDiT3", "from_pretrained": "stdit3"},
-        "vae": {"type": "VideoAutoencoderKL", "from_pretrained": os.path.join(hf, "vae_diffusers")},
-        "text_encoder": {"type": "t5", "from_pretrained": os.path.join(hf, "t5_hf"),
-                         "tokenizer_path": os.path.join(hf, "spm", "spiece.model"), "model_max_length": 12},
-        "scheduler": {"type": "rflow"},
-        "generation": {"num_frames": 16, "image_size": [64, 64], "fps": 8, "num_sampling_steps": 2},
-    }
-    (tmp_path / "tiny.json").write_text(json.dumps(config))
-    res = run_script("--config", str(tmp_path / "tiny.json"), "--num-captions", "2", "--batch-size", "2",
+    res = run_script("--config", tiny_inference_config, "--num-captions", "2", "--batch-size", "2",
                      "--out", str(tmp_path / "r.json"))
     assert res.returncode == 0, res.stderr[-3000:]
     assert "| video: swapped / replaced (0 = bag of words, ~1 = paired) |" in res.stdout

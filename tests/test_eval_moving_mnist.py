@@ -302,26 +302,9 @@ def test_script_rejects_bad_flags(flags, message):
     assert res.returncode == 2 and message in res.stderr
 
 
-def test_script_end_to_end_on_tiny_components(tmp_path, fixtures_dir):
+def test_script_end_to_end_on_tiny_components(tmp_path, tiny_inference_config):
     """Fixture VAE / T5 and a tiny random STDiT3: the numbers are meaningless, the outputs are checked."""
-    import paddle
-
-    from models.stdit import STDiT3
-
-    paddle.seed(0)
-    STDiT3(depth=1, hidden_size=48, num_heads=2, caption_channels=64, model_max_length=12,
-           input_sq_size=64).save_pretrained(str(tmp_path / "stdit3"))
-    hf = os.path.join(fixtures_dir, "hf_tiny")
-    config = {
-        "model": {"type": "STDiT3", "from_pretrained": "stdit3"},
-        "vae": {"type": "VideoAutoencoderKL", "from_pretrained": os.path.join(hf, "vae_diffusers")},
-        "text_encoder": {"type": "t5", "from_pretrained": os.path.join(hf, "t5_hf"),
-                         "tokenizer_path": os.path.join(hf, "spm", "spiece.model"), "model_max_length": 12},
-        "scheduler": {"type": "rflow"},
-        "generation": {"num_frames": 16, "image_size": [64, 64], "fps": 8, "num_sampling_steps": 2},
-    }
-    (tmp_path / "tiny.json").write_text(json.dumps(config))
-    res = run_script("--config", str(tmp_path / "tiny.json"), "--num-videos", "2", "--num-conditioned", "1",
+    res = run_script("--config", tiny_inference_config, "--num-videos", "2", "--num-conditioned", "1",
                      "--batch-size", "2", "--classifier-epochs", "1", "--classifier-cache", str(tmp_path / "c.pdparams"),
                      "--out", str(tmp_path / "r.json"), "--contact-sheet", str(tmp_path / "sheet.png"),
                      "--save-videos", str(tmp_path / "videos"))
@@ -338,7 +321,7 @@ def test_script_end_to_end_on_tiny_components(tmp_path, fixtures_dir):
     sheet = read_frames(str(tmp_path / "sheet.png"))[0]
     assert sheet.shape == (3 * 64 + 4 * 2, 16 * 64 + 17 * 2, 3)
     assert sorted(os.listdir(tmp_path / "videos")) == ["i2v_000.mp4", "i2v_000_reference.png", "t2v_000.mp4", "t2v_001.mp4"]
-    res = run_script("--config", str(tmp_path / "tiny.json"), "--num-videos", "1", "--num-conditioned", "0",
+    res = run_script("--config", tiny_inference_config, "--num-videos", "1", "--num-conditioned", "0",
                      "--classifier-epochs", "2", "--classifier-cache", str(tmp_path / "c.pdparams"), "--out", "",
                      "--contact-sheet", "")
     assert res.returncode == 2 and "trained with" in res.stderr
