@@ -9,6 +9,13 @@ Takes the training flags (the same JSON file works): the model flags name the VA
 cached), --output_dir is the feature folder, --per_device_train_batch_size the encoding batch and
 --seed the crops and VAE noise. One pass over the CSV: each clip's temporal crop and latent sample
 are fixed from then on (see trainer/features.py).
+
+Re-encoding the captions only: with --feature_path (a feature folder or index CSV) instead of
+--data_path, the cached latents are copied and only the caption states are computed again, with the
+text-encoder flags given (e.g. --text_context_window 2 for the minilm encoder's local context):
+
+    python scripts/extract_features.py configs/train/mnist_default_p2.json --text_context_window 2 \
+        --feature_path data/features_mnist --output_dir data/features_mnist_ctx
 """
 import logging
 import os
@@ -35,8 +42,11 @@ def main(argv):
     from video_datasets import VideoTextDataset
 
     model_args, data_args, training_args = parse_args(argv)
-    if data_args.bucket_config or data_args.feature_path:
-        raise SystemExit("error: extract_features caches fixed-size clips from --data_path; drop --bucket_config / --feature_path")
+    if data_args.feature_path:
+        reencode(model_args, data_args.feature_path, training_args.output_dir)
+        return
+    if data_args.bucket_config:
+        raise SystemExit("error: extract_features caches fixed-size clips from --data_path; drop --bucket_config")
     dataset = VideoTextDataset(
         data_args.data_path, num_frames=data_args.num_frames, frame_interval=data_args.frame_interval,
         image_size=tuple(data_args.image_size), seed=training_args.seed,
@@ -47,6 +57,18 @@ def main(argv):
     )
     print(report)
     print(f"cached {count} clips in {training_args.output_dir}")
+
+
+def reencode(model_args, feature_path, output_dir):
+    """Copy a feature folder with its captions encoded again by the text encoder of `model_args`."""
+    from trainer.features import FeatureDataset, reencode_captions
+    from trainer.model import text_encoder_spec
+    from utils.config import build_text_encoder
+
+    cached_length = int(FeatureDataset(feature_path)[0]["y_mask"].shape[0])  # the cached token length
+    text_encoder = build_text_encoder(text_encoder_spec(model_args), model_args.model_max_length or cached_length)
+    count = reencode_captions(text_encoder, feature_path, output_dir)
+    print(f"re-encoded the captions of {count} cached clips into {output_dir}")
 
 
 if __name__ == "__main__":

@@ -295,3 +295,61 @@ def test_bad_inputs(encoder):
     for length in (1, True, 513, 32.0):
         with pytest.raises(ValueError, match="model_max_length"):
             MiniLMEncoder(encoder.config, encoder.tokenizer, model_max_length=length)
+
+
+# --------------------------------------------------------------------------- local context option
+def _reference_context(y, mask, window, weight):
+    """add_local_context in numpy: y [B, L, C], mask [B, L] -> [B, L, C]."""
+    out = y.copy()
+    for b in range(y.shape[0]):
+        for i in range(y.shape[1]):
+            near = [j for j in range(y.shape[1]) if abs(i - j) <= window and mask[b, j]]
+            if near:
+                out[b, i] = (1 - weight) * y[b, i] + weight * y[b, near].mean(0)
+    return out
+
+
+def test_local_context_matches_numpy(model_dir, encoder):
+    """context_window=k: encode = the plain BERT states mixed with their masked window means."""
+    plain = encoder.encode(CAPTIONS)
+    mixed = MiniLMEncoder.from_pretrained(model_dir, model_max_length=MAX_LEN, context_window=2, context_weight=0.6)
+    out = mixed.encode(CAPTIONS)
+    assert np.array_equal(out["mask"].numpy(), plain["mask"].numpy())
+    y, mask = plain["y"].numpy()[:, 0], plain["mask"].numpy()
+    ref = _reference_context(y.astype(np.float64), mask, 2, 0.6)
+    assert np.abs(out["y"].numpy()[:, 0] - ref).max() <= 1e-4
+    assert np.abs(out["y"].numpy()[:, 0] - y)[mask.astype(bool)].max() > 0.5  # it does change the states
+    # the pairing reaches the digit: "8" followed by "left" vs by "down" differs more with the context
+    texts = ["the digit 8 moves left and the digit 1 moves down", "the digit 8 moves down and the digit 1 moves left"]
+    digit = 3  # [CLS] the digit 8
+    change = []
+    for enc in (encoder, mixed):
+        a, b = enc.encode(texts)["y"].numpy()[:, 0, digit]
+        change.append(np.linalg.norm(a - b) / np.linalg.norm(a))
+    assert change[1] > 1.3 * change[0], change  # measured 0.196 against 0.134
+
+
+def test_local_context_ignores_padding():
+    """Padded states never enter a mean; a window without tokens keeps its states."""
+    from models.text_encoder import add_local_context
+
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=(2, 6, 4)).astype(np.float32)
+    mask = np.array([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1]], np.int64)
+    out = add_local_context(paddle.to_tensor(y), paddle.to_tensor(mask), 1, 1.0).numpy()
+    assert np.allclose(out, _reference_context(y, mask, 1, 1.0), atol=1e-6)
+    y2 = y.copy()
+    y2[0, 3:] = 1e6  # other padded states: the token outputs must not move
+    out2 = add_local_context(paddle.to_tensor(y2), paddle.to_tensor(mask), 1, 1.0).numpy()
+    assert np.allclose(out2[0, :3], out[0, :3], atol=1e-6)
+    assert np.allclose(out[0, 1], y[0, :3].mean(0), atol=1e-6)
+    assert np.allclose(out[0, 5], y[0, 5])  # no token within 1 of position 5: kept
+
+
+def test_local_context_bad_options(encoder):
+    for window in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="context_window"):
+            MiniLMEncoder(encoder.config, encoder.tokenizer, context_window=window)
+    for weight in (0, 1.5, -0.1, "0.5"):
+        with pytest.raises(ValueError, match="context_weight"):
+            MiniLMEncoder(encoder.config, encoder.tokenizer, context_window=2, context_weight=weight)

@@ -394,12 +394,72 @@ def test_features_extracted_once_then_trained_from_cache(data, tmp_path):
     assert len(combined) == 2 * len(ds)
     np.testing.assert_array_equal(combined[len(ds) + 5]["latent"], ds[5]["latent"])
 
+    # re-encoding the captions only (--feature_path): latents copied, the same encoder gives the same states
+    again = tmp_path / "again"
+    res = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "extract_features.py"), *map(str, tiny_flags()),
+         "--feature_path", str(both), "--output_dir", str(again)],
+        capture_output=True, text=True, cwd=ROOT, timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"re-encoded the captions of {2 * len(ds)} cached clips" in res.stdout
+    copy = FeatureDataset(str(again))
+    assert [r["text"] for r in copy.rows] == [r["text"] for r in combined.rows]
+    for k in (0, 5, len(ds) + 3):
+        for key in ("latent", "y_mask"):
+            np.testing.assert_array_equal(copy[k][key], combined[k][key])
+        np.testing.assert_allclose(copy[k]["y"], combined[k]["y"], atol=1e-5)
+
     out = tmp_path / "out"
     res = train(*tiny_flags(max_steps=3, save_steps=3), "--feature_path", feats, "--output_dir", out,
                 "--dataloader_num_workers", "1", "--num_frames", "2")
     assert "8 cached clips" in res.stderr and "(2 of their 4 latent frames per sample)" in res.stderr
     assert "step 3/3" in res.stdout
     assert os.path.isfile(out / "checkpoint-3" / "dit" / "model.safetensors")
+
+
+def test_captions_reencoded_with_minilm_local_context(tmp_path):
+    """reencode_captions with the MiniLM context option: the states are the encoder's, the latents kept;
+    the folder being read is refused."""
+    from trainer.features import INDEX_NAME, FeatureDataset, reencode_captions
+    from utils.config import build_text_encoder
+
+    src = tmp_path / "src"
+    src.mkdir()
+    texts = ["the digit 3 moves left", "the digit 8 moves down and the digit 1 moves up", "the digit 0 moves right"]
+    rng = np.random.default_rng(0)
+    lines = ["path,text,num_frames,height,width,fps"]
+    for k, text in enumerate(texts):
+        np.savez(src / f"{k:06d}.npz", latent=rng.normal(size=(4, 2, 4, 4)).astype(np.float32),
+                 y=np.zeros((16, 384), np.float32), y_mask=np.ones(16, np.int64))
+        lines.append(f"{k:06d}.npz,{text},2,32,32,8.0")
+    (src / INDEX_NAME).write_text("\n".join(lines) + "\n")
+    encoder = build_text_encoder({"type": "minilm", "model_max_length": 16, "context_window": 2, "context_weight": 0.6})
+    assert reencode_captions(encoder, str(src), str(tmp_path / "dst"), batch_size=2) == 3
+    old, new = FeatureDataset(str(src)), FeatureDataset(str(tmp_path / "dst"))
+    expected = encoder.encode(texts)
+    for k in range(3):
+        np.testing.assert_array_equal(new[k]["latent"], old[k]["latent"])
+        np.testing.assert_allclose(new[k]["y"][0], expected["y"].numpy()[k, 0], atol=1e-5)
+        np.testing.assert_array_equal(new[k]["y_mask"], expected["mask"].numpy()[k])
+    with pytest.raises(ValueError, match="is the feature folder being read"):
+        reencode_captions(encoder, str(src), str(src))
+    with pytest.raises(ValueError, match="options of the minilm text encoder"):
+        build_text_encoder({"type": "t5", "from_pretrained": str(src), "context_window": 2})
+
+
+def test_text_context_flags_are_checked():
+    from trainer.model import text_encoder_spec
+    from trainer.trainer_args import ModelArguments
+
+    spec = text_encoder_spec(ModelArguments(text_encoder_type="minilm", text_context_window=2, text_context_weight=0.6))
+    assert spec == {"type": "minilm", "from_pretrained": None, "context_window": 2, "context_weight": 0.6}
+    assert "context_window" not in text_encoder_spec(ModelArguments(text_encoder_type="minilm"))
+    with pytest.raises(ValueError, match="option of the minilm text encoder, not 't5'"):
+        ModelArguments(text_encoder_type="t5", text_context_window=2)
+    for window, weight in ((-1, 0.5), (2, 0.0), (2, 1.5)):
+        with pytest.raises(ValueError, match="--text_context_window must be >= 0 and --text_context_weight in"):
+            ModelArguments(text_encoder_type="minilm", text_context_window=window, text_context_weight=weight)
 
 
 def fixed_eval_loss(dit_dir, data):

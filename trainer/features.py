@@ -81,6 +81,48 @@ def extract_features(model, dataset, out_dir, batch_size=1, seed=0):
     return len(rows), dataset.skipped_report()
 
 
+@paddle.no_grad()
+def reencode_captions(text_encoder, feature_path, out_dir, batch_size=64):
+    """Write a copy of a feature folder whose caption states come from another text encoder (or other
+    text-encoder options), keeping every cached latent: the VAE is not run again.
+
+    Args:
+        text_encoder: an encoder with `encode(texts) -> {"y": [B, 1, L, C], "mask": [B, L]}`.
+        feature_path: a feature folder or index CSV (as `FeatureDataset`'s `path`).
+        out_dir: the new feature folder (created); files `000000.npz ...` in the index's row order,
+            the index written last (atomically). It must not be the folder being read.
+        batch_size: captions encoded together.
+
+    Returns:
+        number of clips written.
+
+    Raises:
+        FileNotFoundError: no index at `feature_path`. ValueError: `out_dir` is the folder read.
+    """
+    source = FeatureDataset(feature_path)
+    if os.path.abspath(out_dir) == source.folder:
+        raise ValueError(f"out_dir {out_dir!r} is the feature folder being read; write the re-encoded copy elsewhere")
+    os.makedirs(out_dir, exist_ok=True)
+    rows = []
+    for start in range(0, len(source.rows), batch_size):
+        chunk = source.rows[start:start + batch_size]
+        out = text_encoder.encode([row["text"] for row in chunk])
+        y, y_mask = out["y"].numpy()[:, 0], out["mask"].numpy()  # [B, L, C_txt], [B, L]
+        for i, row in enumerate(chunk):
+            name = f"{start + i:06d}.npz"
+            latent = np.load(os.path.join(source.folder, row["path"]))["latent"]
+            np.savez(os.path.join(out_dir, name), latent=latent, y=y[i], y_mask=y_mask[i])
+            rows.append([name] + [row[key] for key in COLUMNS[1:]])
+        logger.info("re-encoded %d of %d captions", len(rows), len(source.rows))
+    tmp = os.path.join(out_dir, INDEX_NAME + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(COLUMNS)
+        writer.writerows(rows)
+    os.replace(tmp, os.path.join(out_dir, INDEX_NAME))
+    return len(rows)
+
+
 class FeatureDataset(paddle.io.Dataset):
     """Clips cached by `extract_features`; keys are row ints or `SampleKey`s (as `VideoTextDataset`'s,
     so `VideoBatchSampler` and the trainer's loader work unchanged).

@@ -137,6 +137,16 @@ class OpenSoraTrainModel(nn.Layer):
         return {"loss": loss.mean()}
 
 
+def text_encoder_spec(model_args):
+    """The "text_encoder" config section (see `utils.config.build_text_encoder`) of parsed arguments."""
+    spec = {"type": model_args.text_encoder_type, "from_pretrained": model_args.text_encoder_path}
+    if model_args.tokenizer_path:
+        spec["tokenizer_path"] = model_args.tokenizer_path
+    if model_args.text_context_window:
+        spec.update(context_window=model_args.text_context_window, context_weight=model_args.text_context_weight)
+    return spec
+
+
 def build_train_model(model_args, data_args):
     """The wrapper from parsed arguments: DiT (new or from a folder), frozen VAE and text encoder
     (not loaded when training from cached features), scheduler and mask generator (see `trainer_args`).
@@ -162,8 +172,5 @@ def build_train_model(model_args, data_args):
     vae = build_vae(
         {"type": "VideoAutoencoderKL", "from_pretrained": model_args.vae_path}, model_args.vae_micro_batch_size
     )
-    text_spec = {"type": model_args.text_encoder_type, "from_pretrained": model_args.text_encoder_path}
-    if model_args.tokenizer_path:
-        text_spec["tokenizer_path"] = model_args.tokenizer_path
-    text_encoder = build_text_encoder(text_spec, model_args.model_max_length or dit.config["model_max_length"])
+    text_encoder = build_text_encoder(text_encoder_spec(model_args), model_args.model_max_length or dit.config["model_max_length"])
     return OpenSoraTrainModel(dit, vae, text_encoder, scheduler, masks, model_args.caption_dropout)

@@ -44,6 +44,14 @@ class ModelArguments:
     model_max_length: Optional[int] = field(
         default=None, metadata={"help": "caption tokens (default: the DiT's model_max_length)"}
     )
+    text_context_window: int = field(
+        default=0,
+        metadata={"help": "minilm only: mix each caption token's state with the mean of the states within this many "
+                          "tokens (0 = off; see MiniLMEncoder)"},
+    )
+    text_context_weight: float = field(
+        default=0.5, metadata={"help": "minilm only: the share of that mean, in (0, 1]"}
+    )
     scheduler: str = field(default="iddpm", metadata={"help": f"diffusion training objective: {list(SCHEDULER_TYPES)}"})
     scheduler_config: Optional[str] = field(
         default=None,
@@ -61,6 +69,13 @@ class ModelArguments:
             raise ValueError(f"--scheduler must be one of {list(SCHEDULER_TYPES)}, got {self.scheduler!r}")
         if self.text_encoder_type not in TEXT_ENCODER_TYPES:
             raise ValueError(f"--text_encoder_type must be one of {list(TEXT_ENCODER_TYPES)}, got {self.text_encoder_type!r}")
+        if self.text_context_window < 0 or not 0.0 < self.text_context_weight <= 1.0:
+            raise ValueError(
+                f"--text_context_window must be >= 0 and --text_context_weight in (0, 1]; got "
+                f"{self.text_context_window} and {self.text_context_weight}"
+            )
+        if self.text_context_window and self.text_encoder_type != "minilm":
+            raise ValueError(f"--text_context_window is an option of the minilm text encoder, not {self.text_encoder_type!r}")
         if self.pretrained_model_path and self.model_config:
             raise ValueError("give --pretrained_model_path or --model_config, not both (the folder's config.json is the config)")
         if not 0.0 <= self.caption_dropout <= 1.0:

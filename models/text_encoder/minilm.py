@@ -15,6 +15,14 @@ Parameter names are the checkpoint's own (`encoder.layer.0.attention.self.query.
 loading is a transpose of Linear weights ([out, in] -> [in, out]) and nothing else. There is no
 dropout, so the output does not depend on train / eval mode. The pooler and the sentence-transformers
 mean pooling are not used: the DiT's caption embedder takes the per-token states with the mask.
+
+Local context (optional, off by default): MiniLM's per-token states are mostly the word itself, so
+in "the digit 8 moves left and the digit 1 moves down" the state at "8" hardly tells which direction
+follows it (`benchmarks/caption_binding.py`), and the DiT's cross-attention, which has no position
+code over caption tokens, receives the caption nearly as a bag of words. With `context_window=k`,
+`encode` mixes each token's state with the masked mean of the states within k tokens of it
+(`add_local_context`), so the state at "8" carries "left" and the state at "left" carries "8". This
+is a fixed, parameter-free step after the BERT; `forward` is the plain BERT either way.
 """
 import json
 import math
@@ -28,7 +36,7 @@ from paddlenlp.transformers import BertTokenizer
 
 from utils.safetensors_io import read_header, read_tensor
 
-__all__ = ["MiniLMEncoder"]
+__all__ = ["MiniLMEncoder", "add_local_context"]
 
 _CONFIG = "config.json"
 _WEIGHTS = "model.safetensors"
@@ -198,6 +206,42 @@ def _resolve_vocab(path, tokenizer_path):
     return candidate
 
 
+# --------------------------------------------------------------------------- local context
+def add_local_context(states, mask, window, weight):
+    """Mix each token's state with the mean of its neighbours' (the encoder's `context_window` option).
+
+        out[b, i] = (1 - weight) * states[b, i] + weight * mean{ states[b, j] : |i - j| <= window, mask[b, j] = 1 }
+
+    Args:
+        states: [B, L, C] float32 per-token states.
+        mask: [B, L] int64 (or bool / float), 1 for tokens, 0 for padding; padded states never enter
+            a mean (a padded position gets the mean of the real tokens in its window, or keeps its own
+            state if there are none; the DiT ignores padded positions through the mask).
+        window: int >= 1, neighbours on each side (the token itself is in its own mean).
+        weight: float in (0, 1], the share of the mean.
+
+    Returns:
+        [B, L, C] float32.
+    """
+    length = states.shape[1]
+    positions = paddle.arange(length, dtype="float32")
+    band = (paddle.abs(positions.unsqueeze(1) - positions.unsqueeze(0)) <= window).astype("float32")  # [L, L]
+    weights = band.unsqueeze(0) * mask.astype("float32").unsqueeze(1)  # [B, L(i), L(j)]
+    counts = weights.sum(axis=-1, keepdim=True)  # [B, L, 1]
+    mean = paddle.matmul(weights, states) / paddle.clip(counts, min=1.0)  # [B, L, C]
+    mean = paddle.where(counts > 0, mean, states)
+    return (1.0 - weight) * states + weight * mean
+
+
+def _check_context(window, weight):
+    is_int = isinstance(window, int) and not isinstance(window, bool)
+    if not is_int or window < 0:
+        raise ValueError(f"context_window must be an int >= 0 (0 = off), got {window!r}")
+    is_number = isinstance(weight, (int, float)) and not isinstance(weight, bool)
+    if not is_number or not 0.0 < float(weight) <= 1.0:
+        raise ValueError(f"context_weight must be a number in (0, 1], got {weight!r}")
+
+
 # --------------------------------------------------------------------------- the encoder
 class MiniLMEncoder(nn.Layer):
     """Frozen MiniLM-L6 (BERT) encoder that turns captions into the DiT's `y` and `mask`.
@@ -207,18 +251,23 @@ class MiniLMEncoder(nn.Layer):
         tokenizer: a paddlenlp `BertTokenizer` over the model's vocab.txt.
         model_max_length: token length every caption is padded / truncated to, [CLS] and [SEP]
             included.
+        context_window: 0 (default) returns the plain BERT states; k >= 1 mixes each token's state
+            with the mean of the states within k tokens of it (`add_local_context`), in `encode`.
+        context_weight: the mean's share in (0, 1] when context_window > 0 (default 0.5).
 
     Raises:
-        ValueError: model_max_length is not an int in [2, max_position_embeddings], or the vocabulary
-            is larger than the embedding table.
+        ValueError: model_max_length is not an int in [2, max_position_embeddings], the vocabulary
+            is larger than the embedding table, context_window is not an int >= 0 or context_weight
+            not in (0, 1].
 
     Built with random weights; `from_pretrained` loads the checkpoint. Parameters are frozen
     (`stop_gradient=True`) and the layer is put in eval mode; having no dropout, its output is the
     same in train mode (a parent's `.train()` switches every sublayer).
     """
 
-    def __init__(self, config, tokenizer, model_max_length=32):
+    def __init__(self, config, tokenizer, model_max_length=32, context_window=0, context_weight=0.5):
         super().__init__()
+        _check_context(context_window, context_weight)
         limit = config["max_position_embeddings"]
         is_int = isinstance(model_max_length, int) and not isinstance(model_max_length, bool)
         if not is_int or not 2 <= model_max_length <= limit:
@@ -233,6 +282,8 @@ class MiniLMEncoder(nn.Layer):
         self.config = dict(config)
         self.tokenizer = tokenizer
         self.model_max_length = model_max_length
+        self.context_window = context_window
+        self.context_weight = float(context_weight)
         self.embeddings = _BertEmbeddings(config)
         self.encoder = _BertStack(config)
         self.eval()
@@ -240,14 +291,14 @@ class MiniLMEncoder(nn.Layer):
             param.stop_gradient = True
 
     @classmethod
-    def from_pretrained(cls, path, model_max_length=32, tokenizer_path=None):
+    def from_pretrained(cls, path, model_max_length=32, tokenizer_path=None, context_window=0, context_weight=0.5):
         """Load the encoder and tokenizer from a transformers-format folder; nothing is written into it.
 
         Args:
             path: folder with `config.json`, `model.safetensors` (transformers layout) and `vocab.txt`
                 (optional `tokenizer_config.json`: `do_lower_case`, `strip_accents`,
                 `tokenize_chinese_chars`), e.g. `utils.assets.minilm_dir()`.
-            model_max_length: see the class.
+            model_max_length, context_window, context_weight: see the class.
             tokenizer_path: `vocab.txt` or a folder holding it; default `path/vocab.txt`.
 
         Returns:
@@ -269,7 +320,7 @@ class MiniLMEncoder(nn.Layer):
             raise FileNotFoundError(f"MiniLM folder {path!r} lacks {missing}")
         config = _read_config(path)
         tokenizer = BertTokenizer(vocab_file=_resolve_vocab(path, tokenizer_path), **_read_tokenizer_settings(path))
-        encoder = cls(config, tokenizer, model_max_length)
+        encoder = cls(config, tokenizer, model_max_length, context_window, context_weight)
         _load_weights(encoder, os.path.join(path, _WEIGHTS))
         return encoder
 
@@ -325,8 +376,8 @@ class MiniLMEncoder(nn.Layer):
             texts: list of B caption strings.
 
         Returns:
-            dict(y=[B, 1, L, C] float32 per-token states, mask=[B, L] int64 attention mask),
-            L = model_max_length, C = output_dim.
+            dict(y=[B, 1, L, C] float32 per-token states (with the local context when
+            context_window > 0), mask=[B, L] int64 attention mask), L = model_max_length, C = output_dim.
 
         Raises:
             ValueError: see `tokenize`.
@@ -335,4 +386,6 @@ class MiniLMEncoder(nn.Layer):
         mask = paddle.to_tensor(mask)
         with paddle.no_grad():
             y = self.forward(paddle.to_tensor(ids), mask)  # [B, L, C]
+            if self.context_window:
+                y = add_local_context(y, mask, self.context_window, self.context_weight)
         return dict(y=y.unsqueeze(1), mask=mask)  # y: [B, 1, L, C]
