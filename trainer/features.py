@@ -37,6 +37,16 @@ COLUMNS = ("path", "text", "num_frames", "height", "width", "fps")
 logger = logging.getLogger(__name__)
 
 
+def _write_index(out_dir, rows):
+    """Write `out_dir/features.csv` (COLUMNS, then `rows`) atomically: a folder without it is incomplete."""
+    tmp = os.path.join(out_dir, INDEX_NAME + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(COLUMNS)
+        writer.writerows(rows)
+    os.replace(tmp, os.path.join(out_dir, INDEX_NAME))
+
+
 @paddle.no_grad()
 def extract_features(model, dataset, out_dir, batch_size=1, seed=0):
     """Encode every row of a fixed-size dataset once and write the feature folder.
@@ -72,12 +82,7 @@ def extract_features(model, dataset, out_dir, batch_size=1, seed=0):
         if (k + 1) % 50 == 0:
             logger.info("encoded %d clips", len(done))
     rows.sort()
-    tmp = os.path.join(out_dir, INDEX_NAME + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(COLUMNS)
-        writer.writerows(rows)
-    os.replace(tmp, os.path.join(out_dir, INDEX_NAME))
+    _write_index(out_dir, rows)
     return len(rows), dataset.skipped_report()
 
 
@@ -114,12 +119,7 @@ def reencode_captions(text_encoder, feature_path, out_dir, batch_size=64):
             np.savez(os.path.join(out_dir, name), latent=latent, y=y[i], y_mask=y_mask[i])
             rows.append([name] + [row[key] for key in COLUMNS[1:]])
         logger.info("re-encoded %d of %d captions", len(rows), len(source.rows))
-    tmp = os.path.join(out_dir, INDEX_NAME + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(COLUMNS)
-        writer.writerows(rows)
-    os.replace(tmp, os.path.join(out_dir, INDEX_NAME))
+    _write_index(out_dir, rows)
     return len(rows)
 
 
