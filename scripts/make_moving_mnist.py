@@ -2,6 +2,10 @@
 
 Training clips + CSV (digits whose MNIST index is not a multiple of 10):
     python scripts/make_moving_mnist.py --split train --num-clips 3000 --out-dir data/moving_mnist
+Two-digit clips in swapped pairs (clip 2k+1: clip 2k with the digit images exchanged, so the two
+captions differ only in which digit moves which way; train with --sampler_group_size 2):
+    python scripts/make_moving_mnist.py --split train --num-clips 2000 --seed 3 --digits-per-clip 2 \
+        --swapped-pairs --out-dir data/moving_mnist_pairs
 Evaluation clips + CSV + JSON of every digit's per-frame positions (held-out digits only):
     python scripts/make_moving_mnist.py --split heldout --num-clips 100 --out-dir data/moving_mnist
 Single held-out digits as 64x64 PNGs (image-conditioning references), named digit_<label>.png:
@@ -51,6 +55,9 @@ def parse_args(argv):
                         help="speed range in pixels per frame (inclusive)")
     parser.add_argument("--min-run", type=int, default=None,
                         help="frame steps each digit moves as captioned before its first bounce (default: half the clip)")
+    parser.add_argument("--swapped-pairs", action="store_true",
+                        help="two-digit clips in pairs: clip 2k+1 is clip 2k with the digit images exchanged "
+                             "(needs --digits-per-clip 2 and an even --num-clips)")
     parser.add_argument("--image-indices", type=int, nargs="+", default=None,
                         help="images: held-out MNIST indices to export (multiples of 10, distinct digits)")
     parser.add_argument("--image-digits", type=int, nargs="+", default=None,
@@ -92,7 +99,7 @@ def main(argv):
         result = write_split(
             args.out_dir, args.split, args.num_clips, seed=args.seed, num_frames=args.num_frames, size=args.size,
             fps=fps, digits_per_clip=args.digits_per_clip, directions=args.directions, speeds=tuple(args.speeds),
-            min_run=args.min_run, progress=progress,
+            min_run=args.min_run, progress=progress, swapped_pairs=args.swapped_pairs,
         )
     except (ValueError, FileNotFoundError) as error:
         print(f"make_moving_mnist: error: {error}", file=sys.stderr)

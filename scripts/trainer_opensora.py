@@ -86,7 +86,8 @@ def main(argv):
             f"clips of {data_args.num_frames} frames at {data_args.image_size[0]}x{data_args.image_size[1]}")
     log.info("%s with %.2fM trainable parameters; %s", type(model.dit).__name__, n_params / 1e6, data)
     trainer = OpenSoraTrainer(
-        model=model, args=training_args, train_dataset=dataset, bucket=bucket, ema_decay=model_args.ema_decay
+        model=model, args=training_args, train_dataset=dataset, bucket=bucket, ema_decay=model_args.ema_decay,
+        sampler_group_size=data_args.sampler_group_size,
     )
     trainer.train(resume_from_checkpoint=resume)
     report = trainer.skipped_report()

@@ -21,6 +21,7 @@ from video_datasets.moving_mnist import (
     make_clip,
     render_frames,
     split_indices,
+    swap_digit_images,
     write_split,
 )
 
@@ -146,6 +147,39 @@ def test_bad_arguments_fail_clearly(tmp_path):
     with pytest.raises(ValueError, match="digits_per_clip"):
         write_split(tmp_path, "train", 1, digits_per_clip="3")
     assert not os.listdir(tmp_path)
+
+
+def test_swapped_pairs_trade_the_digits_between_the_same_trajectories(tmp_path, digits):
+    images, labels = digits
+    pools = indices_by_label(labels, split_indices(len(labels), "train"))
+    pair = [make_clip(images, pools, 3, "train", k, digits_per_clip="2", swapped_pairs=True) for k in (4, 5)]
+    (frames_a, text_a, a), (frames_b, text_b, b) = pair
+    # the same images, each on the other one's path; the caption keeps its digit order
+    assert [d["mnist_index"] for d in b] == [d["mnist_index"] for d in a]
+    for k in (0, 1):
+        np.testing.assert_array_equal(b[k]["positions"], a[1 - k]["positions"])
+        assert b[k]["direction"] == a[1 - k]["direction"] and b[k]["velocity"] == a[1 - k]["velocity"]
+        np.testing.assert_allclose(b[k]["centroids"][0],
+                                   b[k]["positions"][0] + np.array(digit_centroid(images[b[k]["mnist_index"]])))
+    assert text_b == f"the digit {a[0]['label']} moves {a[1]['direction']} and the digit {a[1]['label']} moves {a[0]['direction']}"
+    np.testing.assert_array_equal(frames_b, render_frames(images, b, 16, 64))
+    assert text_a == make_clip(images, pools, 3, "train", 2, digits_per_clip="2")[1]  # pair k: the draw of clip k
+    # the files: consecutive pairs, recorded in the JSON
+    write_split(tmp_path, "train", 6, seed=3, digits_per_clip="2", swapped_pairs=True)
+    meta = json.load(open(tmp_path / "train.json"))
+    assert meta["swapped_pairs"] is True
+    clips = meta["clips"]
+    for first, second in zip(clips[0::2], clips[1::2]):
+        assert [d["positions"] for d in second["digits"]] == [d["positions"] for d in first["digits"][::-1]]
+        assert [d["label"] for d in second["digits"]] == [d["label"] for d in first["digits"]]
+    assert clips[4]["text"] == text_a and clips[5]["text"] == text_b  # pair 2 = clips 4, 5
+    with pytest.raises(ValueError, match="only two-digit clips"):
+        swap_digit_images(a[:1], images)
+    with pytest.raises(ValueError, match="swapped_pairs needs digits_per_clip '2' and an even num_clips"):
+        write_split(tmp_path / "odd", "train", 3, digits_per_clip="2", swapped_pairs=True)
+    with pytest.raises(ValueError, match="swapped_pairs needs digits_per_clip '2'"):
+        write_split(tmp_path / "mixed", "train", 4, swapped_pairs=True)
+    assert not os.path.exists(tmp_path / "odd") or not os.listdir(tmp_path / "odd")
 
 
 def test_digit_images_come_from_heldout_digits(tmp_path, digits):

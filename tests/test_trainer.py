@@ -411,8 +411,8 @@ def test_features_extracted_once_then_trained_from_cache(data, tmp_path):
         np.testing.assert_allclose(copy[k]["y"], combined[k]["y"], atol=1e-5)
 
     out = tmp_path / "out"
-    res = train(*tiny_flags(max_steps=3, save_steps=3), "--feature_path", feats, "--output_dir", out,
-                "--dataloader_num_workers", "1", "--num_frames", "2")
+    res = train(*tiny_flags(max_steps=3, save_steps=3, per_device_train_batch_size=2), "--feature_path", feats,
+                "--output_dir", out, "--dataloader_num_workers", "1", "--num_frames", "2", "--sampler_group_size", "2")
     assert "8 cached clips" in res.stderr and "(2 of their 4 latent frames per sample)" in res.stderr
     assert "step 3/3" in res.stdout
     assert os.path.isfile(out / "checkpoint-3" / "dit" / "model.safetensors")
@@ -460,6 +460,16 @@ def test_text_context_flags_are_checked():
     for window, weight in ((-1, 0.5), (2, 0.0), (2, 1.5)):
         with pytest.raises(ValueError, match="--text_context_window must be >= 0 and --text_context_weight in"):
             ModelArguments(text_encoder_type="minilm", text_context_window=window, text_context_weight=weight)
+
+
+def test_sampler_group_size_flag_is_checked():
+    from trainer.trainer_args import DataArguments
+
+    assert DataArguments(feature_path="f", sampler_group_size=2).sampler_group_size == 2
+    with pytest.raises(ValueError, match="--sampler_group_size must be >= 1, got 0"):
+        DataArguments(feature_path="f", sampler_group_size=0)
+    with pytest.raises(ValueError, match="--sampler_group_size > 1 needs fixed-size clips or --feature_path"):
+        DataArguments(data_path=["a.csv"], bucket_config="b.json", sampler_group_size=2)
 
 
 def fixed_eval_loss(dit_dir, data):

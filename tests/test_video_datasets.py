@@ -295,6 +295,26 @@ def test_video_batch_sampler_shards_and_resumes(sized_dataset):
     assert head + take(t) == full
 
 
+def test_video_batch_sampler_keeps_groups_together(sized_dataset):
+    ones = take(VideoBatchSampler(sized_dataset, batch_size=4, num_replicas=1, rank=0, seed=1))
+    same = take(VideoBatchSampler(sized_dataset, batch_size=4, num_replicas=1, rank=0, seed=1, group_size=1))
+    assert same == ones  # group_size 1 is the plain row shuffle
+    pairs = take(VideoBatchSampler(sized_dataset, batch_size=4, num_replicas=1, rank=0, seed=1, group_size=2))
+    assert len(pairs) == 10 and sorted(k.index for b in pairs for k in b) == list(range(40))
+    for batch in pairs:
+        rows = [k.index for k in batch]
+        assert all(rows[j] % 2 == 0 and rows[j + 1] == rows[j] + 1 for j in (0, 2))  # rows 2k, 2k+1 side by side
+    assert [k.index for k in pairs[0]] != [0, 1, 2, 3]  # still shuffled, by groups
+    two_ranks = [take(VideoBatchSampler(sized_dataset, 2, num_replicas=2, rank=r, seed=1, group_size=2)) for r in (0, 1)]
+    assert all(b[1].index == b[0].index + 1 and b[0].index % 2 == 0 for r in two_ranks for b in r)
+    with pytest.raises(ValueError, match="batch_size 3 must be a multiple of group_size 2"):
+        VideoBatchSampler(sized_dataset, 3, num_replicas=1, rank=0, group_size=2)
+    with pytest.raises(ValueError, match="40 rows, not a multiple of group_size 3"):
+        VideoBatchSampler(sized_dataset, 3, num_replicas=1, rank=0, group_size=3)
+    with pytest.raises(ValueError, match="group_size must be an int >= 1"):
+        VideoBatchSampler(sized_dataset, 2, num_replicas=1, rank=0, group_size=0)
+
+
 # ------------------------------------------------------------------------- DataLoader, real files
 
 

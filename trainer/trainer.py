@@ -228,13 +228,15 @@ class OpenSoraTrainer(Trainer):
             latents and text features, see `trainer.features`).
         bucket: the `Bucket` of a `VariableVideoTextDataset` (required with it, unused otherwise).
         ema_decay: EMA decay of the DiT weights; 0 turns the EMA off.
+        sampler_group_size: rows kept together in one batch (`VideoBatchSampler` group_size; e.g. 2
+            for swapped pairs); fixed-size and cached datasets only.
 
     Raises:
         ValueError: an option this trainer does not support (tensor / pipeline parallelism,
-            unified or sharded-model checkpoints).
+            unified or sharded-model checkpoints), or sampler_group_size > 1 with buckets.
     """
 
-    def __init__(self, model, args, train_dataset, bucket=None, ema_decay=0.0, **kwargs):
+    def __init__(self, model, args, train_dataset, bucket=None, ema_decay=0.0, sampler_group_size=1, **kwargs):
         unsupported = {
             "--tensor_parallel_degree > 1": args.tensor_parallel_degree > 1,
             "--pipeline_parallel_degree > 1": args.pipeline_parallel_degree > 1,
@@ -253,7 +255,10 @@ class OpenSoraTrainer(Trainer):
         args.ignore_data_skip = True
         if (bucket is not None) != isinstance(train_dataset, VariableVideoTextDataset):
             raise ValueError("give a Bucket with a VariableVideoTextDataset, and only with it")
+        if bucket is not None and sampler_group_size != 1:
+            raise ValueError(f"--sampler_group_size {sampler_group_size} needs a fixed-size or cached dataset, not buckets")
         self.bucket = bucket
+        self.sampler_group_size = sampler_group_size
         self.ema_decay = float(ema_decay)
         self.ema = None
         self._loader = None
@@ -279,7 +284,8 @@ class OpenSoraTrainer(Trainer):
             if self.bucket is not None:
                 sampler = BucketBatchSampler(self.train_dataset, self.bucket, **common)
             else:
-                sampler = VideoBatchSampler(self.train_dataset, args.per_device_train_batch_size, **common)
+                sampler = VideoBatchSampler(self.train_dataset, args.per_device_train_batch_size,
+                                            group_size=self.sampler_group_size, **common)
             self._loader = EpochLoader(self.train_dataset, sampler, self.data_collator, args.dataloader_num_workers)
         return self._loader
 

@@ -136,8 +136,17 @@ class DataArguments:
         metadata={"help": "train from cached VAE latents and text features (scripts/extract_features.py); "
                           "the VAE and text encoder are then not loaded"},
     )
+    sampler_group_size: int = field(
+        default=1,
+        metadata={"help": "rows 0..g-1, g..2g-1, ... of the data stay together in one batch (2: the swapped pairs of "
+                          "make_moving_mnist.py --swapped-pairs); per_device_train_batch_size must be a multiple"},
+    )
 
     def __post_init__(self):
+        if self.sampler_group_size < 1:
+            raise ValueError(f"--sampler_group_size must be >= 1, got {self.sampler_group_size}")
+        if self.sampler_group_size > 1 and self.bucket_config:
+            raise ValueError("--sampler_group_size > 1 needs fixed-size clips or --feature_path, not --bucket_config")
         if self.feature_path:
             if self.data_path or self.bucket_config:
                 raise ValueError("--feature_path replaces --data_path and --bucket_config (cached clips have one size)")

