@@ -203,6 +203,12 @@ def start_range(velocity_component, max_pos, min_run):
     return 0, max_pos
 
 
+def path_centroids(positions, image):
+    """float [T, 2]: the intensity centre in the frame of a 28x28 `image` whose top-left corner
+    runs along `positions` (int [T, 2], x, y)."""
+    return positions.astype(np.float64) + np.array(digit_centroid(image))
+
+
 def sample_clip(rng, pools, images, num_digits, directions, speeds, min_run, num_frames, size):
     """Draw one clip: its digits, their directions, speeds, start positions and trajectories.
 
@@ -237,14 +243,13 @@ def sample_clip(rng, pools, images, num_digits, directions, speeds, min_run, num
                    for d in digits):
                 break
         positions = bounce_trajectory(start, velocity, num_frames, max_pos)
-        cx, cy = digit_centroid(images[index])
         digits.append({
             "label": label,
             "mnist_index": index,
             "direction": name,
             "velocity": velocity,
             "positions": positions,
-            "centroids": positions.astype(np.float64) + np.array([cx, cy]),
+            "centroids": path_centroids(positions, images[index]),
         })
     return digits
 
@@ -271,14 +276,13 @@ def swap_digit_images(digits, images):
         raise ValueError(f"only two-digit clips have a swapped twin, got {len(digits)} digit(s)")
     twin = []
     for own, other in zip(digits, digits[::-1]):
-        cx, cy = digit_centroid(images[own["mnist_index"]])
         twin.append({
             "label": own["label"],
             "mnist_index": own["mnist_index"],
             "direction": other["direction"],
             "velocity": other["velocity"],
             "positions": other["positions"].copy(),
-            "centroids": other["positions"].astype(np.float64) + np.array([cx, cy]),
+            "centroids": path_centroids(other["positions"], images[own["mnist_index"]]),
         })
     return twin
 
